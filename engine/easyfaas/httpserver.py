@@ -34,6 +34,9 @@ def address(sock: socket.socket) -> str:
 @asynccontextmanager
 async def serving(app: Sanic, listen: str) -> AsyncIterator[str]:
     """Serve ``app`` on ``listen`` for the duration of the block; yields the bound address."""
+    # Sanic's "touchup" rewrites its own classes' source at start-up; a second app in one process
+    # (tests, or two servers on one loop) then fails to start. It only saves a few branches.
+    app.config.TOUCHUP = False
     sock = bind(listen)
     server = await app.create_server(sock=sock, return_asyncio_server=True, access_log=False)
     if server is None:

@@ -81,12 +81,20 @@ class Client:
         self._pending: dict[int, asyncio.Future[tuple[Header, bytes]]] = {}
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
+        # Connections made so far: a caller that introduces itself on a connection (the
+        # trigger's ``register``) compares it to notice a reconnect.
+        self.connects = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
 
     async def _connect(self) -> asyncio.StreamWriter:
         async with self._lock:
             if self._writer is None or self._writer.is_closing():
                 reader, writer = await asyncio.open_unix_connection(self.path, limit=MAX_FRAME)
                 self._writer = writer
+                self.connects += 1
                 self._reader_task = asyncio.create_task(self._read_loop(reader, writer))
             return self._writer
 

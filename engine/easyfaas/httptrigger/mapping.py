@@ -1,0 +1,201 @@
+"""HTTP request → API-Gateway proxy event, and function result → HTTP response.
+
+The shapes follow AWS API Gateway's REST "proxy integration" so handlers written for it run
+unchanged. Pure functions over plain values: the sanic app feeds them, unit tests call them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import EasyFaaSError
+
+# Content types whose bodies travel as text; everything else is base64 in the event.
+_TEXT_TYPES = (
+    "application/json",
+    "application/xml",
+    "application/javascript",
+    "application/x-www-form-urlencoded",
+    "application/graphql",
+)
+
+
+@dataclass(frozen=True)
+class HttpRequest:
+    """What the trigger needs from one HTTP request (decoupled from sanic for testing)."""
+
+    method: str
+    path: str
+    headers: list[tuple[str, str]]
+    query: list[tuple[str, str]]
+    body: bytes
+    source_ip: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+
+class BadFunctionResponse(Exception):
+    """The function answered with a proxy response we cannot turn into HTTP."""
+
+
+def _is_text(content_type: str) -> bool:
+    mime = content_type.split(";", 1)[0].strip().lower()
+    if not mime:
+        return True
+    return (
+        mime.startswith("text/")
+        or mime in _TEXT_TYPES
+        or mime.endswith("+json")
+        or mime.endswith("+xml")
+    )
+
+
+def encode_body(body: bytes, content_type: str) -> tuple[str | None, bool]:
+    """The event's ``(body, isBase64Encoded)``: text as is, binary or non-UTF-8 as base64."""
+    if not body:
+        return None, False
+    if _is_text(content_type):
+        try:
+            return body.decode("utf-8"), False
+        except UnicodeDecodeError:
+            pass
+    return base64.b64encode(body).decode("ascii"), True
+
+
+def _single_and_multi(
+    pairs: list[tuple[str, str]],
+) -> tuple[dict[str, str] | None, dict[str, list[str]] | None]:
+    # API Gateway gives the last value in the single-value map and every value in the multi map.
+    if not pairs:
+        return None, None
+    single: dict[str, str] = {}
+    multi: dict[str, list[str]] = {}
+    for key, value in pairs:
+        single[key] = value
+        multi.setdefault(key, []).append(value)
+    return single, multi
+
+
+def build_event(
+    req: HttpRequest, resource: str, path_parameters: dict[str, str] | None
+) -> dict[str, Any]:
+    """The API-Gateway proxy event for ``req`` matched by the route ``resource``."""
+    headers, multi_headers = _single_and_multi([(k.lower(), v) for k, v in req.headers])
+    query, multi_query = _single_and_multi(req.query)
+    content_type = (headers or {}).get("content-type", "")
+    body, is_b64 = encode_body(req.body, content_type)
+    return {
+        "resource": resource,
+        "path": req.path,
+        "httpMethod": req.method,
+        "headers": headers or {},
+        "multiValueHeaders": multi_headers or {},
+        "queryStringParameters": query,
+        "multiValueQueryStringParameters": multi_query,
+        "pathParameters": path_parameters,
+        "stageVariables": None,
+        "body": body,
+        "isBase64Encoded": is_b64,
+        "requestContext": {
+            "requestId": req.request_id,
+            "httpMethod": req.method,
+            "path": req.path,
+            "resourcePath": resource,
+            "stage": "$default",
+            "requestTimeEpoch": int(time.time() * 1000),
+            "identity": {
+                "sourceIp": req.source_ip,
+                "userAgent": (headers or {}).get("user-agent", ""),
+            },
+        },
+    }
+
+
+def _json_response(status: int, value: Any) -> HttpResponse:
+    body = json.dumps(value, separators=(",", ":")).encode()
+    return HttpResponse(status, [("content-type", "application/json")], body)
+
+
+def _proxy_body(result: dict[str, Any]) -> bytes:
+    body = result.get("body")
+    if body is None:
+        return b""
+    if not isinstance(body, str):
+        # Lenient: a handler that returns a dict as body means JSON.
+        return json.dumps(body, separators=(",", ":")).encode()
+    if not result.get("isBase64Encoded"):
+        return body.encode("utf-8")
+    try:
+        return base64.b64decode(body, validate=True)
+    except binascii.Error as e:
+        raise BadFunctionResponse(f"body is not valid base64: {e}") from e
+
+
+def _proxy_headers(result: dict[str, Any]) -> list[tuple[str, str]]:
+    headers = result.get("headers") or {}
+    multi = result.get("multiValueHeaders") or {}
+    if not isinstance(headers, dict) or not isinstance(multi, dict):
+        raise BadFunctionResponse("headers and multiValueHeaders must be objects")
+    out = [(str(k), str(v)) for k, v in headers.items()]
+    for key, values in multi.items():
+        if not isinstance(values, list):
+            raise BadFunctionResponse(f"multiValueHeaders[{key!r}] must be a list")
+        out += [(str(key), str(v)) for v in values]
+    if not any(k.lower() == "content-type" for k, _ in out):
+        out.append(("content-type", "application/json"))
+    return out
+
+
+def map_result(payload: bytes) -> HttpResponse:
+    """Turn a function's result (JSON bytes) into the HTTP response.
+
+    A dict with ``statusCode`` is a proxy response; any other JSON value is returned as 200 JSON.
+    """
+    try:
+        result = json.loads(payload) if payload else None
+    except ValueError as e:
+        raise BadFunctionResponse(f"result is not JSON: {e}") from e
+    if not (isinstance(result, dict) and "statusCode" in result):
+        return _json_response(200, result)
+    status = result["statusCode"]
+    if isinstance(status, str) and status.isdigit():
+        status = int(status)
+    if not isinstance(status, int) or isinstance(status, bool) or not 100 <= status <= 599:
+        raise BadFunctionResponse(f"statusCode {status!r} is not an HTTP status")
+    return HttpResponse(status, _proxy_headers(result), _proxy_body(result))
+
+
+def function_error(payload: bytes) -> HttpResponse:
+    """A function that raised: 500 with its ``{"errorMessage","errorType"}`` JSON."""
+    return HttpResponse(500, [("content-type", "application/json")], payload)
+
+
+def platform_error(e: EasyFaaSError) -> HttpResponse:
+    """An engine error (unknown function, no capacity, ...) in the EasyFaaS JSON shape."""
+    return _json_response(e.status, e.to_api())
+
+
+def _error(status: int, code: str, message: str, kind: str) -> HttpResponse:
+    body = {"Code": code, "Message": message, "Cause": "", "Status": status, "Type": kind}
+    return _json_response(status, body)
+
+
+def bad_gateway(message: str) -> HttpResponse:
+    """The controller could not be reached, or the function's response was unusable."""
+    return _error(502, "ServiceException", message, "Server")
+
+
+def method_not_allowed(method: str, allowed: frozenset[str]) -> HttpResponse:
+    resp = _error(405, "MethodNotAllowedException", f"method {method} not allowed", "User")
+    return HttpResponse(405, [*resp.headers, ("allow", ", ".join(sorted(allowed)))], resp.body)
