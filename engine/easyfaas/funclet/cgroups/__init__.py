@@ -1,0 +1,1 @@
+"""cgroup backends behind one interface (``base.Backend``); ``base.detect`` picks one."""

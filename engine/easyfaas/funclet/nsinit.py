@@ -1,0 +1,234 @@
+"""Apply a sandbox plan inside the forked child (STDLIB ONLY: runs under ``python3 -I -S``).
+
+The funclet builds the plan (``plan.py``) and sends it to the zygote as a list of JSON ops; the
+zygote forks and calls ``run_plan`` in the child. Ops run in order; ``fork_init`` splits the
+child into a parent that reports the init's host pid and exits, and the init (PID 1 of the new
+pid namespace) that carries on. Any failure writes ``setup failed: ...`` to the ready pipe and
+exits non-zero, so a sandbox whose isolation is incomplete never starts (fail closed).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import fcntl
+import os
+import resource
+import signal
+import socket
+import struct
+import sys
+from collections.abc import Callable
+from typing import Any
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+CLONE = {
+    "mount": 0x00020000,
+    "uts": 0x04000000,
+    "ipc": 0x08000000,
+    "net": 0x40000000,
+    "pid": 0x20000000,
+    "cgroup": 0x02000000,
+}
+MS = {
+    "rdonly": 1,
+    "nosuid": 2,
+    "nodev": 4,
+    "noexec": 8,
+    "remount": 32,
+    "bind": 4096,
+    "rec": 16384,
+    "private": 1 << 18,
+    "slave": 1 << 19,
+    "shared": 1 << 20,
+}
+MNT_DETACH = 2
+# Syscalls without a libc wrapper, by architecture (x86_64, arm64: the appliance targets).
+_SYSCALLS = {
+    "x86_64": {"pivot_root": 155, "capset": 126},
+    "aarch64": {"pivot_root": 41, "capset": 91},
+}
+SYSCALL = _SYSCALLS[os.uname().machine]
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+_CAP_VERSION_3 = 0x20080522
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def mount(src: str | None, dst: str, fstype: str | None, flags: list[str], data: str = "") -> None:
+    bits = 0
+    for name in flags:
+        bits |= MS[name]
+    enc = [None if s is None else s.encode() for s in (src, dst, fstype)]
+    _check(_libc.mount(enc[0], enc[1], enc[2], bits, data.encode() or None), f"mount {dst}")
+
+
+def umount(path: str, detach: bool = True) -> None:
+    _check(_libc.umount2(path.encode(), MNT_DETACH if detach else 0), f"umount {path}")
+
+
+def prctl(option: int, arg: int) -> None:
+    _check(_libc.prctl(option, arg, 0, 0, 0), f"prctl {option}")
+
+
+def unshare(namespaces: list[str]) -> None:
+    bits = 0
+    for name in namespaces:
+        bits |= CLONE[name]
+    _check(_libc.unshare(bits), "unshare " + ",".join(namespaces))
+
+
+def _pivot_root(new_root: str) -> None:
+    old = new_root + "/.oldroot"
+    os.makedirs(old, exist_ok=True)
+    _check(_libc.syscall(SYSCALL["pivot_root"], new_root.encode(), old.encode()), "pivot_root")
+    os.chdir("/")
+    umount("/.oldroot")
+    os.rmdir("/.oldroot")
+
+
+def _link_up(name: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", name.encode(), 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(),
+                                                            flags | _IFF_UP))
+
+
+def _drop_privileges(uid: int, gid: int) -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last_cap = int(f.read())
+    for cap in range(last_cap + 1):
+        prctl(PR_CAPBSET_DROP, cap)
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    # setuid away from root clears permitted/effective; clear inheritable too, explicitly.
+    header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()
+    _check(_libc.syscall(SYSCALL["capset"], header, data), "capset")
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if os.getuid() == 0 or os.geteuid() == 0:
+        raise OSError("still root after setresuid")
+
+
+def _join_cgroup(procs_files: list[str]) -> None:
+    for path in procs_files:
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+
+
+def _write_file(path: str, content: str, mode: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(content)
+
+
+def _make_node(path: str) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666))
+
+
+def _close_fds(keep: list[int]) -> None:
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX"))
+
+
+class Context:
+    """What the ops share while a plan runs: the pipes to the zygote/funclet."""
+
+    def __init__(self, ready_fd: int, info_fd: int, serve: Callable[[dict[str, Any], int], None]):
+        self.ready_fd = ready_fd
+        self.info_fd = info_fd
+        self.serve = serve
+
+
+def _fork_init(ctx: Context) -> None:
+    pid = os.fork()
+    if pid:
+        os.write(ctx.info_fd, str(pid).encode())
+        os._exit(0)
+    os.close(ctx.info_fd)
+    ctx.info_fd = -1
+
+
+def _start_runner(ctx: Context, op: dict[str, Any]) -> None:
+    """Become the sandbox's init: fork the runner, reap every zombie, exit with the runner."""
+    _close_fds([ctx.ready_fd])
+    os.environ.clear()
+    os.environ.update(op["env"])
+    os.chdir("/tmp")
+    runner = os.fork()
+    if runner == 0:
+        ctx.serve(op, ctx.ready_fd)
+        os._exit(0)
+    os.close(ctx.ready_fd)
+    while True:
+        pid, status = os.wait()
+        if pid == runner:
+            os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def _mkdir(path: str, mode: int) -> None:
+    os.makedirs(path, mode=mode, exist_ok=True)
+    os.chmod(path, mode)  # makedirs' mode is filtered by the umask
+
+
+Op = dict[str, Any]
+_OPS: dict[str, Callable[[Context, Op], None]] = {
+    "join_cgroup": lambda ctx, op: _join_cgroup(op["procs"]),
+    "unshare": lambda ctx, op: unshare(op["namespaces"]),
+    "fork_init": lambda ctx, op: _fork_init(ctx),
+    "mount": lambda ctx, op: mount(op["src"], op["dst"], op["fstype"], op["flags"], op["data"]),
+    "mkdir": lambda ctx, op: _mkdir(op["path"], op["mode"]),
+    "symlink": lambda ctx, op: os.symlink(op["target"], op["path"]),
+    "write_file": lambda ctx, op: _write_file(op["path"], op["content"], op["mode"]),
+    "make_node": lambda ctx, op: _make_node(op["path"]),
+    "pivot_root": lambda ctx, op: _pivot_root(op["path"]),
+    "hostname": lambda ctx, op: socket.sethostname(op["name"]),
+    "link_up": lambda ctx, op: _link_up(op["name"]),
+    "drop_privileges": lambda ctx, op: _drop_privileges(op["uid"], op["gid"]),
+    "start_runner": _start_runner,
+}
+
+
+def apply(ctx: Context, op: Op) -> None:
+    action = _OPS.get(op["op"])
+    if action is None:
+        raise ValueError(f"unknown plan op {op['op']!r}")
+    action(ctx, op)
+
+
+def run_plan(plan: list[dict[str, Any]], ready_fd: int, info_fd: int,
+             serve: Callable[[dict[str, Any], int], None]) -> None:
+    """Run in the zygote's forked child; never returns."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    ctx = Context(ready_fd, info_fd, serve)
+    step = "start"
+    try:
+        for op in plan:
+            step = op.get("describe", op["op"])
+            apply(ctx, op)
+        raise RuntimeError("plan ended without start_runner")
+    except BaseException as e:  # noqa: BLE001 - any failure must refuse the sandbox
+        try:
+            os.write(ready_fd, f"setup failed at '{step}': {e}".encode()[:4000])
+        finally:
+            print(f"nsinit: setup failed at '{step}': {e}", file=sys.stderr)
+            os._exit(111)

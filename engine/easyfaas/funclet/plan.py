@@ -1,0 +1,254 @@
+"""A sandbox's setup as a plan: a list of small operations, built here, applied by ``nsinit``.
+
+The plan is data, so it can be printed (``describe``), checked by unit tests without root, and
+sent to the zygote as JSON. Order matters and is the security argument: join the cgroup, then
+unshare, then become PID 1 of the new pid namespace, then build and enter the new root, then
+drop privileges, and only then start the runner.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..errors import SandboxError
+
+NAMESPACES = ["mount", "pid", "ipc", "uts", "net", "cgroup"]
+SANDBOX_SOCKET = "/run/sandbox/runner.sock"
+TASK_DIR = "/var/task"
+RUNTIME_DIR = "/var/runtime"
+RUNTIMES = ("python3", "shell", "nodejs")
+# Merged-usr Debian: the classic top-level dirs are symlinks into /usr.
+USR_LINKS = {"bin": "usr/bin", "sbin": "usr/sbin", "lib": "usr/lib", "lib64": "usr/lib64"}
+DEV_NODES = ["null", "zero", "full", "random", "urandom", "tty"]
+DEV_LINKS = {
+    "fd": "/proc/self/fd",
+    "stdin": "/proc/self/fd/0",
+    "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2",
+}
+RO = ["bind", "remount", "rdonly", "nosuid", "nodev"]
+
+
+class Op:
+    """One setup step; ``to_wire`` is what ``nsinit.apply`` receives."""
+
+    kind: ClassVar[str]
+
+    def describe(self) -> str:
+        fields = dataclasses.asdict(self)  # type: ignore[call-overload]
+        args = [f"{k}={oct(v) if k == 'mode' else repr(v)}" for k, v in fields.items()]
+        return " ".join([self.kind, *args])
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return {"op": self.kind, "describe": self.describe(), **wire}
+
+
+@dataclass(frozen=True)
+class JoinCgroup(Op):
+    kind = "join_cgroup"
+    procs: list[str]
+
+
+@dataclass(frozen=True)
+class Unshare(Op):
+    kind = "unshare"
+    namespaces: list[str]
+
+
+@dataclass(frozen=True)
+class ForkInit(Op):
+    kind = "fork_init"
+
+
+@dataclass(frozen=True)
+class Mount(Op):
+    kind = "mount"
+    src: str | None
+    dst: str
+    fstype: str | None = None
+    flags: list[str] = dataclasses.field(default_factory=list)
+    data: str = ""
+
+
+@dataclass(frozen=True)
+class MakeDir(Op):
+    kind = "mkdir"
+    path: str
+    mode: int = 0o755
+
+
+@dataclass(frozen=True)
+class Symlink(Op):
+    kind = "symlink"
+    target: str
+    path: str
+
+
+@dataclass(frozen=True)
+class WriteFile(Op):
+    kind = "write_file"
+    path: str
+    content: str
+    mode: int = 0o644
+
+
+@dataclass(frozen=True)
+class MakeNode(Op):
+    """An empty file to bind a host device node onto (mknod is not needed that way)."""
+
+    kind = "make_node"
+    path: str
+
+
+@dataclass(frozen=True)
+class PivotRoot(Op):
+    kind = "pivot_root"
+    path: str
+
+
+@dataclass(frozen=True)
+class Hostname(Op):
+    kind = "hostname"
+    name: str
+
+
+@dataclass(frozen=True)
+class LinkUp(Op):
+    kind = "link_up"
+    name: str
+
+
+@dataclass(frozen=True)
+class DropPrivileges(Op):
+    kind = "drop_privileges"
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
+class StartRunner(Op):
+    kind = "start_runner"
+    runtime: str
+    socket: str
+    task_dir: str
+    env: dict[str, str]
+    exec: list[str]
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """Everything the plan depends on (host paths are absolute)."""
+
+    runtime: str
+    cgroup_procs: list[str]
+    root: str  # empty host dir: the new root's tmpfs is mounted here, inside the sandbox only
+    task: str  # host side of /var/task (a shared mount the funclet binds code onto)
+    sock: str  # host side of /run/sandbox
+    runtimes_dir: str
+    uid: int
+    gid: int
+    tmp_size_mb: int
+    nodejs: str
+
+
+def _etc(spec: SandboxSpec) -> list[Op]:
+    etc = spec.root + "/etc"
+    return [
+        MakeDir(etc),
+        WriteFile(etc + "/passwd", f"root:x:0:0::/:/usr/sbin/nologin\n"
+                  f"sandbox:x:{spec.uid}:{spec.gid}::/tmp:/usr/sbin/nologin\n"),
+        WriteFile(etc + "/group", f"root:x:0:\nsandbox:x:{spec.gid}:\n"),
+        WriteFile(etc + "/hosts", "127.0.0.1 localhost sandbox\n::1 localhost\n"),
+        WriteFile(etc + "/hostname", "sandbox\n"),
+    ]
+
+
+def _bind_ro(src: str, dst: str) -> list[Op]:
+    return [MakeDir(dst), Mount(src, dst, None, ["bind", "rec"]), Mount(None, dst, None, RO)]
+
+
+def _dev(root: str) -> list[Op]:
+    dev = root + "/dev"
+    ops: list[Op] = [
+        MakeDir(dev),
+        Mount("tmpfs", dev, "tmpfs", ["nosuid", "noexec"], "size=64k,mode=755"),
+    ]
+    for node in DEV_NODES:
+        ops += [MakeNode(f"{dev}/{node}"), Mount(f"/dev/{node}", f"{dev}/{node}", None, ["bind"])]
+    ops += [Symlink(target, f"{dev}/{name}") for name, target in DEV_LINKS.items()]
+    ops += [
+        MakeDir(dev + "/shm", 0o1777),
+        Mount("tmpfs", dev + "/shm", "tmpfs", ["nosuid", "nodev", "noexec"], "size=1m,mode=1777"),
+    ]
+    return ops
+
+
+def _root_tree(spec: SandboxSpec) -> list[Op]:
+    root = spec.root
+    ops: list[Op] = [Mount("tmpfs", root, "tmpfs", ["nosuid", "nodev"], "size=1m,mode=755")]
+    ops += _bind_ro("/usr", root + "/usr")
+    ops += [Symlink(target, f"{root}/{name}") for name, target in USR_LINKS.items()]
+    ops += _etc(spec)
+    ops += _bind_ro(spec.runtimes_dir, root + RUNTIME_DIR)
+    # The host task dir is a shared mount and / is now a slave: code bound on the host later
+    # propagates in here. Its read-only flag comes from the read-only store view it is bound from.
+    ops += [MakeDir(root + TASK_DIR), Mount(spec.task, root + TASK_DIR, None, ["bind"])]
+    ops += [
+        MakeDir(root + "/tmp", 0o1777),
+        Mount("tmpfs", root + "/tmp", "tmpfs", ["nosuid", "nodev"],
+              f"size={spec.tmp_size_mb}m,mode=1777"),
+        MakeDir(root + "/proc"),
+        Mount("proc", root + "/proc", "proc", ["nosuid", "nodev", "noexec"]),
+    ]
+    ops += _dev(root)
+    ops += [MakeDir(root + "/run/sandbox"), Mount(spec.sock, root + "/run/sandbox", None, ["bind"])]
+    return ops
+
+
+def _runner(spec: SandboxSpec) -> StartRunner:
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8"}
+    argv: list[str] = []
+    if spec.runtime == "nodejs":
+        argv = [spec.nodejs, f"{RUNTIME_DIR}/nodejs/runner.js", "--socket", SANDBOX_SOCKET,
+                "--task-dir", TASK_DIR]
+    return StartRunner(spec.runtime, SANDBOX_SOCKET, TASK_DIR, env, argv)
+
+
+def build(spec: SandboxSpec) -> list[Op]:
+    """The whole setup of one sandbox, in order."""
+    if spec.runtime not in RUNTIMES:
+        raise SandboxError(f"unknown runtime {spec.runtime!r} (known: {', '.join(RUNTIMES)})")
+    if spec.tmp_size_mb < 1:
+        raise SandboxError("sandbox /tmp needs a size of at least 1 MiB (0 would mean unlimited)")
+    if not spec.cgroup_procs:
+        # Fail closed: a child that joins no cgroup would run without limits.
+        raise SandboxError("sandbox plan needs the cgroup.procs files the child joins")
+    ops: list[Op] = [
+        JoinCgroup(list(spec.cgroup_procs)),
+        Unshare(list(NAMESPACES)),
+        ForkInit(),
+        Mount(None, "/", None, ["rec", "slave"]),
+    ]
+    ops += _root_tree(spec)
+    ops += [
+        PivotRoot(spec.root),
+        Mount(None, "/", None, ["remount", "rdonly", "nosuid", "nodev"]),
+        Hostname("sandbox"),
+        LinkUp("lo"),
+        DropPrivileges(spec.uid, spec.gid),
+        _runner(spec),
+    ]
+    return ops
+
+
+def describe(ops: list[Op]) -> str:
+    return "\n".join(f"{i:2d}. {op.describe()}" for i, op in enumerate(ops, 1))
+
+
+def runtimes_dir() -> Path:
+    """The repo's ``runtimes/`` (engine/easyfaas/funclet/plan.py → repo root)."""
+    return Path(__file__).resolve().parents[3] / "runtimes"

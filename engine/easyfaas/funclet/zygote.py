@@ -1,0 +1,139 @@
+"""The zygote: a pre-imported Python that forks one child per sandbox (STDLIB ONLY).
+
+Started once by the funclet as ``python3 -I -S zygote.py --fd N --runner PATH`` with one end of
+a socketpair on fd N. It imports the Python runner up front, so a sandbox child starts with the
+runner already in memory (the SOCK design: a cold start is "bind code + import handler").
+
+Requests use the engine's framing (``u32 total | u32 header length | JSON header``) with
+``json``. ``spawn`` carries the sandbox plan and, as SCM_RIGHTS, the write end of the sandbox's
+ready pipe; the reply carries the host pid of the sandbox's init (0 if setup failed before it
+existed — the reason is then on the ready pipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+if not __package__:
+    # Run as a script under -I: the engine dir is not on sys.path, and nsinit sits in it.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from easyfaas.funclet import nsinit  # noqa: E402
+
+_HEAD = struct.Struct(">II")
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError("funclet closed the zygote socket")
+        buf += chunk
+    return buf
+
+
+def read_request(sock: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    prefix, fds, _flags, _addr = socket.recv_fds(sock, _HEAD.size, 4)
+    if not prefix:
+        raise EOFError("funclet closed the zygote socket")
+    prefix += _recv_exact(sock, _HEAD.size - len(prefix))
+    total, head_len = _HEAD.unpack(prefix)
+    body = _recv_exact(sock, total - 4)
+    return json.loads(body[:head_len]), fds
+
+
+def send_reply(sock: socket.socket, header: dict[str, Any]) -> None:
+    head = json.dumps(header).encode()
+    sock.sendall(_HEAD.pack(len(head) + 4, len(head)) + head)
+
+
+def _reap(_signum: int, _frame: object) -> None:
+    # Subreaper: sandbox inits are re-parented here when their first child exits.
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+class Zygote:
+    def __init__(self, sock: socket.socket, runner: ModuleType):
+        self.sock = sock
+        self.runner = runner
+
+    def serve_runner(self, op: dict[str, Any], ready_fd: int) -> None:
+        """In the sandbox's runner process, after setup: become the runtime."""
+        if op["runtime"] in ("python3", "shell"):
+            self.runner.serve(op["socket"], ready_fd, op["task_dir"], op["runtime"])
+            return
+        os.set_inheritable(ready_fd, True)
+        argv = [*op["exec"], "--ready-fd", str(ready_fd)]
+        os.execv(argv[0], argv)
+
+    def spawn(self, req: dict[str, Any], ready_fd: int) -> dict[str, Any]:
+        info_r, info_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            self.sock.close()
+            os.close(info_r)
+            nsinit.run_plan(req["plan"], ready_fd, info_w, self.serve_runner)
+        os.close(info_w)
+        os.close(ready_fd)
+        with os.fdopen(info_r, "rb") as f:
+            data = f.read()
+        return {"pid": int(data) if data else 0}
+
+    def loop(self) -> None:
+        while True:
+            try:
+                req, fds = read_request(self.sock)
+            except EOFError:
+                return
+            if req.get("op") != "spawn" or len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                send_reply(self.sock, {"id": req.get("id"), "ok": False,
+                                       "error": {"message": "bad zygote request"}})
+                continue
+            reply = self.spawn(req, fds[0])
+            send_reply(self.sock, {"id": req.get("id"), "ok": True, **reply})
+
+
+def load_runner(path: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("easyfaas_runner", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load runner {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--runner", required=True)
+    args = parser.parse_args()
+    parent = os.getppid()
+    nsinit.prctl(nsinit.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        sys.exit("zygote: funclet already gone")
+    nsinit.prctl(nsinit.PR_SET_CHILD_SUBREAPER, 1)
+    signal.signal(signal.SIGCHLD, _reap)
+    sock = socket.socket(fileno=args.fd)
+    Zygote(sock, load_runner(args.runner)).loop()
+
+
+if __name__ == "__main__":
+    main()

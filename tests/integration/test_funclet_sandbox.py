@@ -1,0 +1,238 @@
+"""Real sandboxes through the real funclet service: isolation, limits, teardown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _funclet_helpers import invoke, load, make_cfg, make_snapshot, running, state_dir
+
+from easyfaas import wire
+
+pytestmark = pytest.mark.root
+
+PROBE = '''
+import os, socket
+
+def _try(fn):
+    try:
+        return "ok: %r" % (fn(),)
+    except Exception as e:
+        return "error: %s" % type(e).__name__
+
+def _status():
+    fields = {}
+    for line in open("/proc/self/status"):
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+def _mount_options():
+    return {line.split()[4]: line.split()[5] for line in open("/proc/self/mountinfo")}
+
+def handler(event, context):
+    st = _status()
+    pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    return {
+        "uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
+        "caps": [st[k] for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")],
+        "no_new_privs": st["NoNewPrivs"],
+        "pids": pids,
+        "cmdlines": [_try(lambda p=p: open("/proc/%s/cmdline" % p).read()) for p in pids],
+        "write_task": _try(lambda: open("/var/task/new", "w")),
+        "write_root": _try(lambda: open("/etc/evil", "w")),
+        "write_tmp": _try(lambda: open("/tmp/ok", "w").write("x")),
+        "secret": _try(lambda: open(event["secret"]).read()),
+        "shadow": _try(lambda: open("/etc/shadow").read()),
+        "root_home": _try(lambda: os.listdir("/root")),
+        "run_dir": _try(lambda: os.listdir(event["run_dir"])),
+        "tcp": _try(lambda: socket.create_connection(("127.0.0.1", event["port"]), 2)),
+        "hostname": socket.gethostname(),
+        "task": sorted(os.listdir("/var/task")),
+        "mounts": _mount_options(),
+    }
+'''
+
+FORK_BOMB = '''
+import os, time
+
+def handler(event, context):
+    n = 0
+    try:
+        while True:
+            if os.fork() == 0:
+                time.sleep(60)
+                os._exit(0)
+            n += 1
+    except OSError as e:
+        return {"forks": n, "error": e.errno}
+'''
+
+HOG = '''
+def handler(event, context):
+    hog = []
+    while True:
+        hog.append(bytearray(8 * 1024 * 1024))
+'''
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+def _cgroup_dirs(cfg: Any, sb_id: str) -> list[Path]:
+    return [Path("/sys/fs/cgroup", h, cfg.instance_id, sb_id)
+            for h in ("memory", "pids", "cpu", "freezer")]
+
+
+def test_sandbox_is_isolated_and_unprivileged() -> None:
+    async def scenario() -> dict[str, Any]:
+        with state_dir() as st:
+            cfg = make_cfg(st, pool_size=0)
+            secret = st / "secret.txt"
+            secret.write_text("host secret")
+            snap = make_snapshot(cfg, {"index.py": PROBE})
+            listener = socket.create_server(("127.0.0.1", 0))
+            event = {"secret": str(secret), "port": listener.getsockname()[1],
+                     "run_dir": str(cfg.run_dir)}
+            with listener:
+                async with running(cfg) as funclet:
+                    head, _ = await funclet.call("acquire", runtime="python3", memory=64,
+                                                 code=snap, label="probe@1")
+                    runner = await load(head["sandbox"])
+                    resp, body = await invoke(runner, json.dumps(event).encode())
+                    await runner.close()
+                    assert resp["ok"], resp
+                    return dict(json.loads(body))
+
+    r = _run(scenario())
+    assert (r["uid"], r["gid"], r["groups"]) == (64000, 64000, [])
+    assert r["caps"] == ["0000000000000000"] * 5 and r["no_new_privs"] == "1"
+    assert sorted(r["pids"]) == ["1", "2"]  # the tiny init and the runner: no host process
+    assert not any("pytest" in c for c in r["cmdlines"])
+    assert r["write_task"] == "error: OSError" and r["write_root"] == "error: OSError"
+    assert r["write_tmp"] == "ok: 1"
+    for key in ("secret", "shadow", "root_home", "run_dir"):
+        assert r[key].startswith("error: "), (key, r[key])
+    assert r["tcp"].startswith("error: "), r["tcp"]
+    assert r["hostname"] == "sandbox" and r["task"] == ["index.py"]
+    for point in ("/", "/usr", "/var/task", "/var/runtime"):
+        assert r["mounts"][point].split(",")[0] == "ro", (point, r["mounts"][point])
+    assert r["mounts"]["/tmp"].split(",")[0] == "rw"
+
+
+def test_fork_bomb_stops_at_pids_max_and_sandbox_is_destroyed() -> None:
+    async def scenario() -> None:
+        with state_dir() as st:
+            cfg = make_cfg(st, pool_size=0, pids_max=16)
+            snap = make_snapshot(cfg, {"index.py": FORK_BOMB})
+            async with running(cfg) as funclet:
+                head, _ = await funclet.call("acquire", runtime="python3", memory=64,
+                                             code=snap, label="bomb@1")
+                sb = head["sandbox"]
+                runner = await load(sb)
+                resp, body = await invoke(runner)
+                await runner.close()
+                result = json.loads(body)
+                assert result["error"] == 11 and 5 <= result["forks"] < 16  # EAGAIN at pids.max
+                info, _ = await funclet.call("inspect", sandbox=sb["id"])
+                assert info["alive"] and 8 <= info["pids"] <= 16  # runner threads count too
+                done, _ = await funclet.call("destroy", sandbox=sb["id"])
+                assert done["oom"] is False
+                assert not any(d.exists() for d in _cgroup_dirs(cfg, sb["id"]))
+                assert not Path(f"/proc/{sb['pid']}/cmdline").exists() or \
+                    not Path(f"/proc/{sb['pid']}/cmdline").read_bytes()
+
+    _run(scenario())
+
+
+def test_memory_hog_is_oom_killed_and_reported() -> None:
+    async def scenario() -> None:
+        with state_dir() as st:
+            cfg = make_cfg(st, pool_size=0)
+            snap = make_snapshot(cfg, {"index.py": HOG})
+            async with running(cfg) as funclet:
+                head, _ = await funclet.call("acquire", runtime="python3", memory=48,
+                                             code=snap, label="hog@1")
+                sb = head["sandbox"]
+                runner = await load(sb, memory=48)
+                with pytest.raises(ConnectionError):
+                    await invoke(runner)
+                await runner.close()
+                info, _ = await funclet.call("inspect", sandbox=sb["id"])
+                assert info["oom"] is True
+                done, _ = await funclet.call("destroy", sandbox=sb["id"])
+                assert done == {**done, "oom": True, "reason": "out of memory"}
+                again, _ = await funclet.call("destroy", sandbox=sb["id"])
+                assert again["oom"] is False  # idempotent: already gone
+
+    _run(scenario())
+
+
+def test_destroy_and_stop_leave_nothing_behind() -> None:
+    async def scenario() -> None:
+        with state_dir() as st:
+            cfg = make_cfg(st, pool_size=1)
+            snap = make_snapshot(cfg, {"index.py": "def handler(e, c):\n    return 1\n"})
+            async with running(cfg) as funclet:
+                head, _ = await funclet.call("acquire", runtime="python3", memory=64,
+                                             code=snap, label="x@1")
+                sb = head["sandbox"]
+                await funclet.call("destroy", sandbox=sb["id"])
+                assert not Path(cfg.run_dir, "sb", sb["id"]).exists()
+                assert not any(d.exists() for d in _cgroup_dirs(cfg, sb["id"]))
+            # After stop: no cgroup of this instance, no mount under the run dir, no socket.
+            assert not any(Path("/sys/fs/cgroup", h, cfg.instance_id).exists()
+                           for h in ("memory", "pids", "cpu", "freezer"))
+            assert str(cfg.run_dir) not in Path("/proc/self/mountinfo").read_text()
+            assert not cfg.socket("funclet").exists()
+
+    _run(scenario())
+
+
+def test_bad_requests_change_nothing() -> None:
+    async def scenario() -> None:
+        with state_dir() as st:
+            cfg = make_cfg(st, pool_size=0)
+            outside = st / "elsewhere"
+            outside.mkdir()
+            async with running(cfg) as funclet:
+                bad = [
+                    {"runtime": "cobol", "memory": 64, "code": str(outside)},
+                    {"runtime": "python3", "memory": 64, "code": str(outside)},
+                    {"runtime": "python3", "memory": "64", "code": str(outside)},
+                    {"runtime": "python3", "memory": 1, "code": str(outside)},
+                ]
+                for fields in bad:
+                    with pytest.raises(wire.RemoteError) as err:
+                        await funclet.call("acquire", label="bad@1", **fields)
+                    assert err.value.error["type"] == "InvalidParameter"
+                with pytest.raises(wire.RemoteError):
+                    await funclet.call("frobnicate")
+                status, _ = await funclet.call("status")
+                assert status["sandboxes"] == [] and status["backend"] == "cgroupv1"
+
+    _run(scenario())
+
+
+def test_setup_failure_refuses_the_sandbox() -> None:
+    async def scenario() -> None:
+        with state_dir() as st:
+            cfg = make_cfg(st, pool_size=0, nodejs="/nonexistent/node")
+            snap = make_snapshot(cfg, {"index.js": "exports.handler = async () => 1;"})
+            async with running(cfg) as funclet:
+                with pytest.raises(wire.RemoteError) as err:
+                    await funclet.call("acquire", runtime="nodejs", memory=64, code=snap,
+                                       label="n@1")
+                assert err.value.error["type"] == "SandboxError"
+                assert "setup failed" in str(err.value) and "nonexistent" in str(err.value)
+                status, _ = await funclet.call("status")
+                assert status["sandboxes"] == []
+                groups = Path("/sys/fs/cgroup/memory", cfg.instance_id).iterdir()
+                assert [g for g in groups if g.is_dir()] == []
+
+    _run(scenario())

@@ -1,0 +1,98 @@
+"""The sandbox plan, checked without root: what is mounted where, and in which order."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from easyfaas.errors import SandboxError
+from easyfaas.funclet import plan
+
+SPEC = plan.SandboxSpec(
+    runtime="python3", cgroup_procs=["/cg/memory/i/sb/cgroup.procs"], root="/run/sb/x/root",
+    task="/run/sb/x/task", sock="/run/sb/x/sock", runtimes_dir="/repo/runtimes", uid=64000,
+    gid=64001, tmp_size_mb=32, nodejs="/usr/bin/node",
+)
+
+
+def _kinds(ops: list[plan.Op]) -> list[str]:
+    return [op.kind for op in ops]
+
+
+def _index(ops: list[plan.Op], kind: str) -> int:
+    return _kinds(ops).index(kind)
+
+
+def test_order_is_the_security_argument() -> None:
+    ops = plan.build(SPEC)
+    kinds = _kinds(ops)
+    assert kinds[:3] == ["join_cgroup", "unshare", "fork_init"]
+    assert kinds[-4:] == ["hostname", "link_up", "drop_privileges", "start_runner"]
+    assert _index(ops, "pivot_root") < _index(ops, "drop_privileges")
+    unshare = ops[1]
+    assert isinstance(unshare, plan.Unshare)
+    assert set(unshare.namespaces) == {"mount", "pid", "ipc", "uts", "net", "cgroup"}
+
+
+def test_root_is_read_only_and_slave() -> None:
+    ops = plan.build(SPEC)
+    mounts = [op for op in ops if isinstance(op, plan.Mount)]
+    assert mounts[0] == plan.Mount(None, "/", None, ["rec", "slave"])
+    assert mounts[-1] == plan.Mount(None, "/", None, ["remount", "rdonly", "nosuid", "nodev"])
+    for dst in ("/run/sb/x/root/usr", "/run/sb/x/root/var/runtime"):
+        binds = [m for m in mounts if m.dst == dst]
+        assert binds[0].flags == ["bind", "rec"] and "rdonly" in binds[1].flags
+
+
+def test_mounts_code_tmp_proc_dev_and_socket_dir() -> None:
+    by_dst = {op.dst: op for op in plan.build(SPEC) if isinstance(op, plan.Mount)}
+    root = "/run/sb/x/root"
+    assert by_dst[root + "/var/task"].src == "/run/sb/x/task"
+    assert by_dst[root + "/tmp"].data == "size=32m,mode=1777"
+    assert by_dst[root + "/proc"].fstype == "proc"
+    assert by_dst[root + "/run/sandbox"].src == "/run/sb/x/sock"
+    nodes = {d.rsplit("/", 1)[1] for d in by_dst if d.startswith(root + "/dev/")}
+    assert nodes == {"null", "zero", "full", "random", "urandom", "tty", "shm"}
+
+
+def test_etc_has_the_sandbox_user_and_no_host_files() -> None:
+    files = {op.path: op.content for op in plan.build(SPEC) if isinstance(op, plan.WriteFile)}
+    etc = "/run/sb/x/root/etc/"
+    assert set(files) == {etc + n for n in ("passwd", "group", "hosts", "hostname")}
+    assert "sandbox:x:64000:64001:" in files[etc + "passwd"]
+    ops = plan.build(SPEC)
+    assert not any(isinstance(op, plan.Mount) and op.src == "/etc" for op in ops)
+
+
+def test_privileges_and_runner() -> None:
+    ops = plan.build(SPEC)
+    assert plan.DropPrivileges(64000, 64001) in ops
+    runner = ops[-1]
+    assert isinstance(runner, plan.StartRunner)
+    assert (runner.socket, runner.task_dir, runner.exec) == (
+        "/run/sandbox/runner.sock", "/var/task", [])
+    node = plan.build(replace(SPEC, runtime="nodejs"))[-1]
+    assert isinstance(node, plan.StartRunner)
+    assert node.exec[:2] == ["/usr/bin/node", "/var/runtime/nodejs/runner.js"]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [({"runtime": "cobol"}, "unknown runtime"), ({"tmp_size_mb": 0}, "at least 1 MiB"),
+     ({"cgroup_procs": []}, "cgroup.procs")],
+)
+def test_refuses_incomplete_specs(change: dict[str, object], message: str) -> None:
+    with pytest.raises(SandboxError, match=message):
+        plan.build(replace(SPEC, **change))  # type: ignore[arg-type]
+
+
+def test_plan_prints_and_travels_as_json() -> None:
+    ops = plan.build(SPEC)
+    text = plan.describe(ops)
+    assert text.splitlines()[0].startswith(" 1. join_cgroup procs=")
+    wire = json.loads(json.dumps([op.to_wire() for op in ops]))
+    assert wire[1] == {"op": "unshare", "describe": ops[1].describe(),
+                       "namespaces": plan.NAMESPACES}
+    assert plan.runtimes_dir().name == "runtimes"
