@@ -1,0 +1,3 @@
+exports.handler = async (event, context) => {
+  return { message: "hello " + (event.name || "world"), requestId: context.requestId };
+};
