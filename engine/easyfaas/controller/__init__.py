@@ -1,0 +1,1 @@
+"""The controller: invoke API, scheduling, durable async queue, metrics, management API."""

@@ -1,0 +1,321 @@
+"""Which sandbox serves a call: warm reuse, concurrency, instance caps, a bounded wait queue,
+the global memory budget (evicting idle sandboxes LRU-first) and idle cooldown.
+
+All bookkeeping happens synchronously on the event loop, so a decision ("take this slot",
+"reserve memory for a cold start", "evict that one") can never race with another call. Only the
+funclet and runner round trips are awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any
+
+from .. import wire
+from ..config import Config
+from ..errors import EasyFaaSError, ServiceUnavailable, TooManyRequests, from_wire
+from .metrics import Metrics
+from .registry import Record, Target, make_target
+from .sandboxes import FunctionFailed, Sandbox
+
+log = logging.getLogger("easyfaas.controller")
+
+# A cold start may take a while on a busy edge box; the handler import gets its own timeout.
+ACQUIRE_TIMEOUT_S = 30.0
+
+
+class _Waiter:
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+
+class Scheduler:
+    def __init__(self, cfg: Config, funclet: wire.Client, metrics: Metrics):
+        self.cfg = cfg
+        self.funclet = funclet
+        self.metrics = metrics
+        self.sandboxes: list[Sandbox] = []
+        # Cold starts in progress, by function: they count against max_instances and memory.
+        self._starting: dict[str, int] = {}
+        self._starting_mb = 0
+        self._queues: dict[str, deque[_Waiter]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    # -- taking and giving back a slot ----------------------------------------------------------
+
+    async def acquire(self, target: Target) -> Sandbox:
+        """A sandbox with a free slot for ``target`` (warm if possible, else a cold start).
+
+        Waits in the function's FIFO queue when there is no capacity; ``TooManyRequests`` when
+        the queue is full or the wait times out. ``FunctionFailed`` if the handler does not load.
+        """
+        if self._closing:
+            raise ServiceUnavailable("the controller is shutting down")
+        if target.memory > self.cfg.sandbox.memory_budget_mb:
+            raise ServiceUnavailable(
+                f"function {target.name} needs {target.memory} MB, more than the sandbox memory "
+                f"budget of {self.cfg.sandbox.memory_budget_mb} MB")
+        queue = self._queues.setdefault(target.name, deque())
+        if not queue:
+            got = self._take(target)
+            if got is not None:
+                return got if isinstance(got, Sandbox) else await self._cold_start(target)
+        return await self._wait_in_queue(target, queue)
+
+    async def _wait_in_queue(self, target: Target, queue: deque[_Waiter]) -> Sandbox:
+        if len(queue) >= self.cfg.scheduler.queue_size:
+            raise TooManyRequests(f"no capacity for {target.name}: its wait queue is full")
+        waiter = _Waiter()
+        queue.append(waiter)
+        started = time.monotonic()
+        deadline = started + self.cfg.scheduler.queue_timeout_s
+        try:
+            while True:
+                if queue[0] is waiter:
+                    got = self._take(target)
+                    if got is not None:
+                        break
+                remaining = deadline - time.monotonic()
+                waiter.event.clear()
+                try:
+                    await asyncio.wait_for(waiter.event.wait(), max(remaining, 0))
+                except TimeoutError:
+                    raise TooManyRequests(
+                        f"no capacity for {target.name} within "
+                        f"{self.cfg.scheduler.queue_timeout_s:g}s") from None
+                if self._closing:
+                    raise ServiceUnavailable("the controller is shutting down")
+        finally:
+            queue.remove(waiter)
+            if queue:
+                queue[0].event.set()
+        self.metrics.observe("queue_wait", target.name, time.monotonic() - started)
+        return got if isinstance(got, Sandbox) else await self._cold_start(target)
+
+    def _take(self, target: Target) -> Sandbox | bool | None:
+        """Take a warm slot (the sandbox), reserve a cold start (``True``), or ``None``."""
+        best: Sandbox | None = None
+        for sb in self.sandboxes:
+            if sb.target.key == target.key and sb.has_room():
+                if best is None or sb.inflight > best.inflight:
+                    best = sb  # pack calls onto busy sandboxes so idle ones can cool down
+        if best is not None:
+            best.inflight += 1
+            return best
+        if not self._room_for_instance(target) or not self._room_for_memory(target.memory):
+            return None
+        self._starting[target.name] = self._starting.get(target.name, 0) + 1
+        self._starting_mb += target.memory
+        return True
+
+    def _room_for_instance(self, target: Target) -> bool:
+        limit = target.max_instances or self.cfg.scheduler.max_instances
+        mine = [sb for sb in self.sandboxes if sb.target.name == target.name]
+        if len(mine) + self._starting.get(target.name, 0) < limit:
+            return True
+        # At the cap: an idle sandbox of another version of this function is stale, reuse its slot.
+        stale = [sb for sb in mine if sb.target.key != target.key and not sb.inflight]
+        if stale:
+            self.drop_later(min(stale, key=lambda s: s.last_used), "replaced by another version")
+            return True
+        return False
+
+    def _room_for_memory(self, memory: int) -> bool:
+        excess = self.used_mb() + memory - self.cfg.sandbox.memory_budget_mb
+        idle = sorted((sb for sb in self.sandboxes if not sb.inflight), key=lambda s: s.last_used)
+        if excess > sum(sb.memory for sb in idle):
+            return False  # evicting would not make enough room: keep the warm sandboxes
+        while excess > 0:
+            victim = idle.pop(0)
+            excess -= victim.memory
+            self.drop_later(victim, "evicted for memory")
+        return True
+
+    def used_mb(self) -> int:
+        return sum(sb.memory for sb in self.sandboxes) + self._starting_mb
+
+    def release(self, sb: Sandbox) -> None:
+        """Give back the slot a call held on a healthy sandbox."""
+        sb.inflight -= 1
+        sb.last_used = time.monotonic()
+        if sb.retired and not sb.inflight:
+            self.drop_later(sb, "old version retired")
+        self._kick()
+
+    def _kick(self) -> None:
+        """Let the head of every wait queue look again: capacity may have changed."""
+        for queue in self._queues.values():
+            if queue:
+                queue[0].event.set()
+
+    # -- cold start -----------------------------------------------------------------------------
+
+    async def _cold_start(self, target: Target) -> Sandbox:
+        started = time.monotonic()
+        sb: Sandbox | None = None
+        try:
+            sb = await self._acquire_sandbox(target)
+            await sb.load(target.timeout + ACQUIRE_TIMEOUT_S)
+        except BaseException as e:
+            if sb is None:
+                self._unreserve(target)
+            else:
+                self.drop_later(sb, "load failed")
+            if isinstance(e, TimeoutError):
+                raise FunctionFailed({"errorType": "Runtime.InitTimeout",
+                                      "errorMessage": "the handler did not load in time"}) from e
+            if isinstance(e, ConnectionError):
+                raise FunctionFailed({"errorType": "Runtime.ExitError",
+                                      "errorMessage": "the runtime exited while loading"}) from e
+            raise
+        elapsed = time.monotonic() - started
+        self.metrics.cold_starts[target.name] += 1
+        self.metrics.observe("acquire", target.name, elapsed)
+        log.info("cold start fn=%s ver=%s sb=%s in %.1fms", target.name, target.version, sb.id,
+                 elapsed * 1000)
+        return sb
+
+    def _unreserve(self, target: Target) -> None:
+        self._starting[target.name] -= 1
+        self._starting_mb -= target.memory
+        self._kick()
+
+    async def _acquire_sandbox(self, target: Target) -> Sandbox:
+        try:
+            header, _ = await asyncio.wait_for(self.funclet.call(
+                "acquire", runtime=target.runtime, memory=target.memory, code=target.code,
+                label=target.label), ACQUIRE_TIMEOUT_S)
+        except wire.RemoteError as e:
+            raise from_wire(e.error) from e
+        except (OSError, TimeoutError) as e:
+            raise ServiceUnavailable(f"funclet unavailable: {e}") from e
+        info = header["sandbox"]
+        sb = Sandbox(id=info["id"], target=target, memory=int(info.get("memory") or target.memory),
+                     client=wire.Client(info["socket"]), inflight=1)
+        # The reservation becomes a real sandbox in one step, so the budget never counts it twice.
+        self._starting[target.name] -= 1
+        self._starting_mb -= target.memory
+        self.sandboxes.append(sb)
+        return sb
+
+    # -- dropping sandboxes ---------------------------------------------------------------------
+
+    async def kill(self, sb: Sandbox, reason: str) -> dict[str, Any]:
+        """Drop a sandbox now and return the funclet's ``destroy`` answer (``oom``, ``reason``)."""
+        self._forget(sb)
+        await sb.client.close()
+        return await self._destroy(sb.id, sb.target, reason)
+
+    def drop_later(self, sb: Sandbox, reason: str) -> None:
+        """Stop handing ``sb`` out now; destroy it in the background."""
+        self._forget(sb)
+        self._spawn(self.kill(sb, reason))
+
+    def _forget(self, sb: Sandbox) -> None:
+        if not sb.dropped:
+            sb.dropped = True
+            self.sandboxes.remove(sb)
+            self._kick()
+
+    async def _destroy(self, sb_id: str, target: Target, reason: str) -> dict[str, Any]:
+        log.info("destroy fn=%s ver=%s sb=%s: %s", target.name, target.version, sb_id, reason)
+        try:
+            header, _ = await self.funclet.call("destroy", sandbox=sb_id)
+        except (wire.RemoteError, OSError) as e:
+            log.error("destroy failed fn=%s sb=%s: %s", target.name, sb_id, e)
+            return {"oom": False, "reason": str(e)}
+        return header
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def reclaim_orphans(self) -> None:
+        """Destroy sandboxes a previous controller process left bound (it was killed): nobody
+        else holds calls on them, and they would hold memory forever."""
+        try:
+            header, _ = await asyncio.wait_for(self.funclet.call("status"), ACQUIRE_TIMEOUT_S)
+        except (wire.RemoteError, OSError, TimeoutError) as e:
+            log.warning("cannot list the funclet's sandboxes to reclaim orphans: %s", e)
+            return
+        for info in header.get("sandboxes", []):
+            if info.get("state") == "bound":
+                log.warning("reclaiming orphan sandbox sb=%s label=%s", info["id"],
+                            info.get("label"))
+                await self.funclet.call("destroy", sandbox=info["id"])
+
+    # -- reacting to the world ------------------------------------------------------------------
+
+    def on_change(self, name: str, record: Record | None) -> None:
+        """Retire sandboxes that are no longer the live version (or whose function is gone):
+        calls in flight finish there, new calls go to the new version."""
+        live = None if record is None else (record.get("version"), record.get("code_sha256"))
+        retired = 0
+        for sb in [s for s in self.sandboxes if s.target.name == name]:
+            if (sb.target.version, sb.target.code_sha256) == live:
+                continue
+            sb.retired = True
+            retired += 1
+            if not sb.inflight:
+                self.drop_later(sb, "function deleted" if record is None else "old version")
+        if retired and record is not None and record.get("version") is not None:
+            # The function is in use: have one sandbox of the new version ready for its callers.
+            self._prewarm(make_target(name, int(record["version"]), record))
+
+    def _prewarm(self, target: Target) -> None:
+        if self._closing or self._queues.get(target.name):
+            return  # waiting callers come first
+        got = self._take(target)
+        if isinstance(got, Sandbox):
+            self.release(got)
+        elif got:
+            self._spawn(self._warm(target))
+
+    async def _warm(self, target: Target) -> None:
+        try:
+            sb = await self._cold_start(target)
+        except EasyFaaSError as e:
+            log.warning("pre-warm failed fn=%s ver=%s: %s", target.name, target.version, e)
+            return
+        self.release(sb)
+
+    async def cooldown(self, stop: asyncio.Event) -> None:
+        """Destroy sandboxes idle for longer than ``idle_timeout_s``."""
+        idle_timeout = self.cfg.scheduler.idle_timeout_s
+        interval = min(max(idle_timeout / 4, 0.05), 5.0)
+        while not stop.is_set():
+            now = time.monotonic()
+            for sb in [s for s in self.sandboxes if s.idle_seconds(now) >= idle_timeout]:
+                if not sb.inflight:
+                    self.drop_later(sb, f"idle for {idle_timeout:g}s")
+            try:
+                await asyncio.wait_for(stop.wait(), interval)
+            except TimeoutError:
+                pass
+
+    async def shutdown(self) -> None:
+        """Take no more work, wake every waiter (they fail), destroy every sandbox."""
+        self._closing = True
+        self._kick()
+        for sb in list(self.sandboxes):
+            self.drop_later(sb, "controller stopping")
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def describe(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [sb.describe(now) for sb in self.sandboxes]
+
+    def counts(self) -> dict[str, int]:
+        out = {"warm": 0, "busy": 0, "starting": sum(self._starting.values())}
+        for sb in self.sandboxes:
+            out[sb.state] += 1
+        return out
+

@@ -1,0 +1,263 @@
+"""The real controller service (sanic on port 0 + controller.sock) against fake stubs/funclet."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import orjson
+import pytest
+from _controller_helpers import fakes
+
+from easyfaas import wire
+
+pytestmark = pytest.mark.root
+
+record, run, running_controller, wait_for = (
+    fakes.record, fakes.run, fakes.running_controller, fakes.wait_for)
+INVOKE = "/v1/functions/{}/invocations"
+
+
+@run
+async def test_sync_invoke_success_with_headers_and_log_tail() -> None:
+    async with running_controller([record("hello")]) as h:
+        status, headers, body = await h.request(
+            "POST", INVOKE.format("hello"), b'{"name":"x"}',
+            {"X-easyfaas-Request-Id": "req-1", "Log-Type": "Tail"})
+        assert status == 200
+        assert json.loads(body)["event"] == {"name": "x"}
+        assert headers["X-easyfaas-Request-Id"] == "req-1"
+        assert float(headers["X-easyfaas-Function-Exectime"]) > 0
+        assert "X-easyfaas-Function-Error" not in headers
+        assert base64.b64decode(headers["X-easyfaas-Log-Result"]) == b"handled req-1\n"
+        # Second call is warm: same sandbox, one acquire.
+        _, _, again = await h.request("POST", INVOKE.format("hello"))
+        assert json.loads(again)["sandbox"] == json.loads(body)["sandbox"]
+        assert h.funclet.acquired == ["hello@1"]
+        log_text = await _wait_log(h, "hello", "REPORT RequestId: req-1")
+        assert "START RequestId: req-1 Version: 1\nhandled req-1\nEND RequestId: req-1" in log_text
+        assert "Memory Size: 128 MB" in log_text
+
+
+async def _wait_log(h: fakes.Harness, name: str, needle: str) -> str:
+    text = ""
+
+    async def has() -> bool:
+        nonlocal text
+        _, _, body = await h.request("GET", f"/v1/functions/{name}/logs?lines=50")
+        text = body.decode()
+        return needle in text
+    await wait_for(has)
+    return text
+
+
+@run
+async def test_function_error_timeout_crash_and_oom_answer_200_unhandled() -> None:
+    async with running_controller([record("f", timeout=0.3)]) as h:
+        async def call(event: dict) -> tuple[dict, dict]:
+            status, headers, body = await h.request(
+                "POST", INVOKE.format("f"), orjson.dumps(event), {"X-easyfaas-Request-Id": "r"})
+            assert status == 200 and headers["X-easyfaas-Function-Error"] == "Unhandled"
+            return headers, json.loads(body)
+
+        _, err = await call({"fail": "bad input"})
+        assert err == {"errorMessage": "bad input", "errorType": "ValueError"}
+        _, err = await call({"sleep": 5})
+        assert err == {"errorMessage": "r Task timed out after 0.30 seconds",
+                       "errorType": "TimeoutError"}
+        assert h.funclet.destroyed == ["sb1"]  # the timed-out sandbox was killed
+        _, err = await call({"crash": True})
+        assert err["errorType"] == "Runtime.ExitError"
+        _, err = await call({"oom": True})
+        assert err["errorType"] == "Runtime.OutOfMemory" and "128 MB" in err["errorMessage"]
+        # Reborn: the next call gets a fresh sandbox and works.
+        status, _, body = await h.request("POST", INVOKE.format("f"))
+        assert status == 200 and json.loads(body)["sandbox"] == "sb4"
+        assert sorted(h.funclet.destroyed) == ["sb1", "sb2", "sb3"]
+        _, _, metrics = await h.request("GET", "/metrics")
+        for outcome in ("ok", "error", "timeout", "crash", "oom"):
+            assert f'function="f",outcome="{outcome}"}} 1' in metrics.decode()
+
+
+@run
+async def test_log_to_body() -> None:
+    async with running_controller([record("f")]) as h:
+        _, _, body = await h.request("POST", INVOKE.format("f"), b'{"fail":"x"}',
+                                     {"Log-To-Body": "true"})
+        answer = json.loads(body)
+        assert answer["FunctionError"] == "Unhandled"
+        assert json.loads(answer["Payload"])["errorMessage"] == "x"
+        assert base64.b64decode(answer["LogResult"]) == b"about to fail\n"
+
+
+@run
+async def test_platform_errors() -> None:
+    async with running_controller([record("f", max_instances=1)],
+                                  scheduler={"queue_size": 0}) as h:
+        cases = [
+            (INVOKE.format("f"), b"{not json", {}, 400, "InvalidRequestContentException"),
+            (INVOKE.format("nope"), b"{}", {}, 404, "ResourceNotFoundException"),
+            (INVOKE.format("f") + "?Qualifier=7", b"{}", {}, 404, "ResourceNotFoundException"),
+            (INVOKE.format("f"), b"{}", {"X-easyfaas-Invoke-Type": "x"}, 400,
+             "InvalidParameterValueException"),
+        ]
+        for path, body, headers, status, code in cases:
+            got, _, answer = await h.request("POST", path, body, headers)
+            error = json.loads(answer)
+            assert (got, error["Code"], error["Status"]) == (status, code, status)
+            assert set(error) == {"Code", "Message", "Cause", "Status", "Type"}
+        busy = fakes.asyncio.ensure_future(h.request("POST", INVOKE.format("f"),
+                                                     b'{"sleep": 0.5}'))
+        await wait_for(lambda: h.funclet.acquired == ["f@1"])
+        got, _, answer = await h.request("POST", INVOKE.format("f"))
+        assert got == 429 and json.loads(answer)["Code"] == "TooManyRequestsException"
+        assert (await busy)[0] == 200
+
+
+@run
+async def test_async_invoke_and_status() -> None:
+    async with running_controller([record("f")]) as h:
+        status, _, body = await h.request("POST", INVOKE.format("f"), b'{"n": 7}',
+                                          {"X-easyfaas-Invoke-Type": "event",
+                                           "Idempotency-Key": "k1"})
+        assert status == 202
+        inv_id = json.loads(body)["invocationId"]
+        _, _, again = await h.request("POST", INVOKE.format("f"), b'{"n": 7}',
+                                      {"X-easyfaas-Invoke-Type": "event",
+                                       "Idempotency-Key": "k1"})
+        assert json.loads(again)["invocationId"] == inv_id
+        state: dict = {}
+
+        async def done() -> bool:
+            nonlocal state
+            _, _, raw = await h.request("GET", f"/v1/invocations/{inv_id}")
+            state = json.loads(raw)
+            return bool(state["status"] == "succeeded")
+        await wait_for(done)
+        assert state["result"]["event"] == {"n": 7} and state["attempts"] == 1
+        assert set(state) == {"invocationId", "function", "status", "result", "error",
+                              "attempts", "createdAt", "updatedAt"}
+        assert (await h.request("GET", "/v1/invocations/nope"))[0] == 404
+
+
+@run
+async def test_management_needs_the_token_and_maps_to_stubs() -> None:
+    async with running_controller([record("old")]) as h:
+        code = base64.b64encode(b"PK-zip").decode()
+        body = orjson.dumps({"Runtime": "python3", "Handler": "index.handler", "Code": code})
+        path = "/v1/functions/new"
+        assert (await h.request("POST", path, body))[0] == 403
+        assert (await h.request("POST", path, body, {"Authorization": "Bearer nope"}))[0] == 403
+        status, _, answer = await h.request("POST", path, body, h.auth())
+        assert status == 201 and json.loads(answer)["Configuration"]["FunctionName"] == "new"
+        assert h.stubs.puts == [{"name": "new", "zip": b"PK-zip",
+                                 "body": {"Runtime": "python3", "Handler": "index.handler"}}]
+        status, _, answer = await h.request("PUT", path, body, h.auth())
+        assert status == 200 and json.loads(answer)["Configuration"]["Version"] == "2"
+        bad = orjson.dumps({"Runtime": "cobol", "Code": code})
+        status, _, answer = await h.request("POST", path, bad, h.auth())
+        assert status == 400 and "cobol" in json.loads(answer)["Message"]
+        status, _, answer = await h.request("GET", "/v1/functions")
+        assert sorted(f["Configuration"]["FunctionName"]
+                      for f in json.loads(answer)["Functions"]) == ["new", "old"]
+        assert (await h.request("DELETE", "/v1/functions/old"))[0] == 403
+        assert (await h.request("DELETE", "/v1/functions/old", None, h.auth()))[0] == 204
+        assert (await h.request("GET", "/v1/functions/old"))[0] == 404
+        assert (await h.request("DELETE", "/v1/functions/old", None, h.auth()))[0] == 404
+
+
+@run
+async def test_invoke_token_is_enforced_when_configured() -> None:
+    async with running_controller([record("f")], api={"invoke_requires_token": True}) as h:
+        assert (await h.request("POST", INVOKE.format("f")))[0] == 403
+        assert (await h.request("GET", "/v1/functions/f"))[0] == 403
+        assert (await h.request("POST", INVOKE.format("f"), b"{}", h.auth()))[0] == 200
+
+
+@run
+async def test_new_version_swaps_without_downtime_and_delete_destroys() -> None:
+    async with running_controller([record("f")]) as h:
+        slow = fakes.asyncio.ensure_future(h.request("POST", INVOKE.format("f"),
+                                                     b'{"sleep": 0.3}'))
+        await wait_for(lambda: h.funclet.acquired == ["f@1"])
+        h.stubs.publish(record("f", 2))
+
+        async def serves_v2() -> bool:
+            _, _, body = await h.request("POST", INVOKE.format("f"))
+            return bool(json.loads(body)["version"] == 2)
+        await wait_for(serves_v2)
+        status, _, old = await slow
+        assert status == 200 and json.loads(old)["version"] == 1
+        await wait_for(lambda: "sb1" in h.funclet.destroyed)
+        h.stubs.remove("f")
+        await wait_for(lambda: h.funclet.live() == [])
+        assert (await h.request("POST", INVOKE.format("f")))[0] == 404
+
+
+@run
+async def test_ops_routes() -> None:
+    async with running_controller([record("f")]) as h:
+        await h.request("POST", INVOKE.format("f"))
+        status, _, body = await h.request("GET", "/v1/runtimes")
+        runtimes = json.loads(body)
+        assert status == 200 and runtimes["funclet"]["backend"] == "fake"
+        assert [(s["function"], s["state"]) for s in runtimes["sandboxes"]] == [("f", "warm")]
+        status, headers, body = await h.request("GET", "/metrics")
+        text = body.decode()
+        assert 'easyfaas_invocations_total{function="f",outcome="ok"} 1' in text
+        assert 'easyfaas_cold_starts_total{function="f"} 1' in text
+        assert 'easyfaas_sandboxes{state="warm"} 1' in text
+        assert "easyfaas_async_queue_depth" in text
+
+
+@run
+async def test_healthz_waits_for_a_registered_trigger() -> None:
+    async with running_controller([record("f")], missing=("httptrigger",),
+                                  http={"listen": "127.0.0.1:0"}) as h:
+        status, _, body = await h.request("GET", "/healthz")
+        assert status == 503 and json.loads(body)["missing"] == ["httptrigger"]
+        client = wire.Client(str(h.cfg.socket("controller")))
+        await client.call("register", component="httptrigger")
+        assert (await h.request("GET", "/healthz"))[0] == 200
+        await client.close()
+
+        async def unhealthy() -> bool:
+            return (await h.request("GET", "/healthz"))[0] == 503
+        await wait_for(unhealthy)
+
+
+@run
+async def test_controller_socket_ops() -> None:
+    async with running_controller([record("f", http=[{"path": "/hi", "methods": ["GET"]}])]) as h:
+        client = wire.Client(str(h.cfg.socket("controller")))
+        try:
+            header, body = await client.call("invoke", b'{"a": 1}', function="f",
+                                             request_id="s-1", log_tail=True)
+            assert header["function_error"] is None and header["request_id"] == "s-1"
+            assert header["log"] == "handled s-1\n" and json.loads(body)["event"] == {"a": 1}
+            header, body = await client.call("invoke", b'{"fail": "no"}', function="f")
+            assert header["function_error"] == "Unhandled" and header["log"] is None
+            assert json.loads(body)["errorMessage"] == "no"
+            with pytest.raises(wire.RemoteError) as info:
+                await client.call("invoke", b"{}", function="ghost")
+            assert info.value.error["type"] == "FunctionNotFound"
+            header, _ = await client.call("routes")
+            assert header["routes"] == [{"path": "/hi", "methods": ["GET"], "function": "f"}]
+        finally:
+            await client.close()
+
+
+@run
+async def test_caller_hanging_up_mid_call_does_not_leak_the_slot() -> None:
+    async with running_controller([record("f", max_instances=1)],
+                                  scheduler={"queue_timeout_s": 2.0}) as h:
+        host, port = h.url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await fakes.asyncio.open_connection(host, int(port))
+        body = b'{"sleep": 0.5}'
+        writer.write(b"POST /v1/functions/f/invocations HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        await wait_for(lambda: h.funclet.events != [])
+        writer.close()
+        status, _, answer = await h.request("POST", INVOKE.format("f"), b'{"n": 2}')
+        assert status == 200 and json.loads(answer)["event"] == {"n": 2}

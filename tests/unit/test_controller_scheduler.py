@@ -1,0 +1,216 @@
+"""Scheduling decisions against a fake funclet and fake runners on real unix sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from _controller_fakes import FakeFunclet, make_config, record, run, short_dir, wait_for
+
+from easyfaas import wire
+from easyfaas.controller.metrics import Metrics
+from easyfaas.controller.registry import Target, make_target
+from easyfaas.controller.sandboxes import FunctionFailed
+from easyfaas.controller.scheduler import Scheduler
+from easyfaas.errors import ServiceUnavailable, TooManyRequests
+
+
+def target(name: str, version: int = 1, **config: Any) -> Target:
+    return make_target(name, version, record(name, version, **config))
+
+
+@asynccontextmanager
+async def scheduler(**sched: Any) -> AsyncIterator[tuple[Scheduler, FakeFunclet]]:
+    root = short_dir()
+    budget = sched.pop("memory_budget_mb", 2048)
+    cfg = make_config(root, scheduler={"queue_timeout_s": 0.5, **sched},
+                      sandbox={"memory_budget_mb": budget})
+    funclet = FakeFunclet(root)
+    server = await wire.start_server(str(root / "funclet.sock"), funclet.handle)
+    client = wire.Client(str(root / "funclet.sock"))
+    sched_obj = Scheduler(cfg, client, Metrics())
+    try:
+        yield sched_obj, funclet
+    finally:
+        await sched_obj.shutdown()
+        await client.close()
+        server.close()
+        shutil.rmtree(root)
+
+
+@run
+async def test_warm_sandbox_is_reused_for_the_same_function() -> None:
+    async with scheduler() as (s, funclet):
+        first = await s.acquire(target("a"))
+        s.release(first)
+        second = await s.acquire(target("a"))
+        assert second is first
+        assert funclet.acquired == ["a@1"]
+
+
+@run
+async def test_never_serves_one_function_from_anothers_sandbox() -> None:
+    async with scheduler() as (s, funclet):
+        a = await s.acquire(target("a"))
+        s.release(a)
+        b = await s.acquire(target("b"))
+        assert b is not a
+        assert b.target.name == "b"
+        assert funclet.acquired == ["a@1", "b@1"]
+
+
+@run
+async def test_concurrency_packs_calls_then_starts_another_sandbox() -> None:
+    async with scheduler() as (s, funclet):
+        t = target("a", concurrency=2)
+        one, two, three = [await s.acquire(t) for _ in range(3)]
+        assert one is two
+        assert three is not one
+        assert len(funclet.acquired) == 2
+
+
+@run
+async def test_max_instances_makes_calls_wait_for_a_free_slot() -> None:
+    async with scheduler() as (s, _):
+        t = target("a", max_instances=1)
+        first = await s.acquire(t)
+        waiting = asyncio.ensure_future(s.acquire(t))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        s.release(first)
+        assert await asyncio.wait_for(waiting, 2) is first
+
+
+@run
+async def test_full_queue_is_refused_with_429() -> None:
+    async with scheduler(queue_size=1, max_instances=1) as (s, _):
+        t = target("a")
+        await s.acquire(t)
+        waiting = asyncio.ensure_future(s.acquire(t))
+        await wait_for(lambda: len(s._queues["a"]) == 1)
+        with pytest.raises(TooManyRequests, match="queue is full"):
+            await s.acquire(t)
+        with pytest.raises(TooManyRequests):
+            await waiting
+
+
+@run
+async def test_queue_wait_times_out_with_429() -> None:
+    async with scheduler(max_instances=1, queue_timeout_s=0.2) as (s, _):
+        t = target("a")
+        await s.acquire(t)
+        with pytest.raises(TooManyRequests, match="within 0.2s"):
+            await s.acquire(t)
+
+
+@run
+async def test_queue_is_fifo() -> None:
+    async with scheduler(max_instances=1) as (s, _):
+        t = target("a")
+        held = await s.acquire(t)
+        order: list[int] = []
+
+        async def call(i: int) -> None:
+            sb = await s.acquire(t)
+            order.append(i)
+            s.release(sb)
+
+        tasks = []
+        for i in range(3):
+            tasks.append(asyncio.ensure_future(call(i)))
+            await wait_for(lambda i=i: len(s._queues["a"]) == i + 1)
+        s.release(held)
+        await asyncio.gather(*tasks)
+        assert order == [0, 1, 2]
+
+
+@run
+async def test_memory_budget_evicts_the_least_recently_used_idle_sandbox() -> None:
+    async with scheduler(memory_budget_mb=256) as (s, funclet):
+        a = await s.acquire(target("a"))
+        b = await s.acquire(target("b"))
+        s.release(a)
+        s.release(b)
+        c = await s.acquire(target("c"))
+        assert c.target.name == "c"
+        await wait_for(lambda: a.id in funclet.destroyed)
+        assert b.id not in funclet.destroyed
+        assert s.used_mb() <= 256
+
+
+@run
+async def test_memory_budget_queues_when_everything_is_busy() -> None:
+    async with scheduler(memory_budget_mb=256) as (s, funclet):
+        a = await s.acquire(target("a"))
+        await s.acquire(target("b"))
+        waiting = asyncio.ensure_future(s.acquire(target("c")))
+        await asyncio.sleep(0.05)
+        assert not waiting.done() and funclet.destroyed == []
+        s.release(a)
+        c = await asyncio.wait_for(waiting, 2)
+        assert c.target.name == "c" and a.id in funclet.destroyed
+
+
+@run
+async def test_function_larger_than_the_budget_is_refused() -> None:
+    async with scheduler(memory_budget_mb=256) as (s, funclet):
+        with pytest.raises(ServiceUnavailable, match="budget"):
+            await s.acquire(target("big", memory=512))
+        assert funclet.acquired == []
+
+
+@run
+async def test_idle_sandboxes_cool_down() -> None:
+    async with scheduler(idle_timeout_s=0.1) as (s, funclet):
+        stop = asyncio.Event()
+        cooler = asyncio.ensure_future(s.cooldown(stop))
+        sb = await s.acquire(target("a"))
+        busy = await s.acquire(target("b"))
+        s.release(sb)
+        await wait_for(lambda: sb.id in funclet.destroyed)
+        assert busy.id not in funclet.destroyed
+        stop.set()
+        await cooler
+
+
+@run
+async def test_new_version_gets_new_calls_while_old_call_finishes() -> None:
+    async with scheduler() as (s, funclet):
+        old = await s.acquire(target("a", 1))
+        s.on_change("a", record("a", 2))
+        assert old.id not in funclet.destroyed  # still in flight
+        await wait_for(lambda: s.counts() == {"warm": 1, "busy": 1, "starting": 0})  # pre-warmed
+        new = await s.acquire(target("a", 2))
+        assert new is not old and new.target.version == 2
+        assert funclet.acquired == ["a@1", "a@2"]
+        s.release(old)
+        await wait_for(lambda: old.id in funclet.destroyed)
+        s.release(new)
+        assert await s.acquire(target("a", 2)) is new
+
+
+@run
+async def test_deleted_function_loses_its_sandboxes() -> None:
+    async with scheduler() as (s, funclet):
+        sb = await s.acquire(target("a"))
+        s.release(sb)
+        s.on_change("a", None)
+        await wait_for(lambda: sb.id in funclet.destroyed)
+        assert s.sandboxes == []
+
+
+@run
+async def test_handler_that_does_not_load_is_a_function_error() -> None:
+    async with scheduler(max_instances=1) as (s, funclet):
+        with pytest.raises(FunctionFailed) as info:
+            await s.acquire(target("a", handler="broken.handler"))
+        assert info.value.error["errorType"] == "Runtime.ImportModuleError"
+        await wait_for(lambda: funclet.destroyed == ["sb1"])
+        # The reservation was given back: the next call may start a sandbox again.
+        sb = await s.acquire(target("a"))
+        assert sb.id == "sb2"
+        assert s.used_mb() == 128
