@@ -321,6 +321,23 @@ def cmd_logs(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _die_with_supervisor() -> bool:
+    """Under ``easyfaas up``, get SIGTERM when the supervisor dies, even by SIGKILL, so no
+    component outlives it. False if it is already gone."""
+    import ctypes
+    import signal
+
+    from .supervisor import SUPERVISOR_PID_ENV
+
+    parent = os.environ.get(SUPERVISOR_PID_ENV)
+    if not parent:
+        return True
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    return os.getppid() == int(parent)
+
+
 def cmd_serve(component: str, cfg: Config) -> int:
     """Run one component until SIGTERM/SIGINT (what systemd units and ``up`` start)."""
     import asyncio
@@ -331,6 +348,8 @@ def cmd_serve(component: str, cfg: Config) -> int:
     from . import logsetup
 
     logsetup.setup(component)
+    if not _die_with_supervisor():
+        return 1
     service = importlib.import_module(f"easyfaas.{component}.service")
 
     async def serve() -> None:

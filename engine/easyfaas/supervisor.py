@@ -32,6 +32,8 @@ HEALTHY_RUN_S = 60.0
 # Tests only: a comma list replacing COMPONENTS; "name=module" runs `python -m module` instead,
 # so the supervisor can be tested with a fake component before/without the real ones.
 COMPONENTS_ENV = "EASYFAAS_UP_COMPONENTS"
+# Tells a component it runs under ``up``, so it stops if the supervisor dies (see cli.py).
+SUPERVISOR_PID_ENV = "EASYFAAS_SUPERVISOR_PID"
 
 
 class StartError(Exception):
@@ -90,7 +92,8 @@ class Supervisor:
 
     async def _spawn(self, child: Child) -> None:
         _drain(child.notify)
-        env = {**os.environ, "NOTIFY_SOCKET": child.notify_address}
+        env = {**os.environ, "NOTIFY_SOCKET": child.notify_address,
+               SUPERVISOR_PID_ENV: str(os.getpid())}
         child.proc = await asyncio.create_subprocess_exec(
             *child.argv, env=env, start_new_session=True
         )

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
 from easyfaas import config
 
 START_TIMEOUT = 60.0
@@ -60,13 +61,17 @@ def request(url: str, method: str = "GET", body: bytes | None = None,
 class Engine:
     """One ``easyfaas up`` process and the addresses it reported."""
 
-    def __init__(self, code_dir: Path, state_dir: Path, env: dict[str, str] | None = None):
+    def __init__(self, code_dir: Path, state_dir: Path, env: dict[str, str] | None = None,
+                 config_toml: str = ""):
         self.code_dir, self.state_dir = code_dir, state_dir
-        self.cfg = config.load([], {"paths": {"code_dir": str(code_dir),
-                                              "state_dir": str(state_dir)}})
-        self.argv = [sys.executable, "-m", "easyfaas", "up", "--code-dir", str(code_dir),
-                     "--state-dir", str(state_dir), "--http-listen", "127.0.0.1:0",
-                     "--api-listen", "127.0.0.1:0"]
+        # An engine.toml of the test's own (never the host's /etc files).
+        self.config_file = state_dir / "engine.toml"
+        self.config_file.write_text(config_toml)
+        self.cfg = config.load([self.config_file], {"paths": {"code_dir": str(code_dir),
+                                                              "state_dir": str(state_dir)}})
+        self.argv = [sys.executable, "-m", "easyfaas", "up", "--config", str(self.config_file),
+                     "--code-dir", str(code_dir), "--state-dir", str(state_dir),
+                     "--http-listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"]
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
         self.lines: queue.Queue[str] = queue.Queue()
@@ -79,10 +84,10 @@ class Engine:
     @classmethod
     @contextmanager
     def started(cls, code_dir: Path | None = None, env: dict[str, str] | None = None,
-                ) -> Iterator[Engine]:
+                config_toml: str = "") -> Iterator[Engine]:
         """A running engine on a fresh short state dir (unix socket paths are length-limited)."""
         state = Path(tempfile.mkdtemp(prefix="ef", dir="/tmp"))
-        engine = cls(code_dir or state / "code", state, env)
+        engine = cls(code_dir or state / "code", state, env, config_toml)
         try:
             engine.start()
             yield engine
@@ -201,8 +206,8 @@ class Engine:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run ``easyfaas ARGS`` against this engine."""
-        argv = [sys.executable, "-m", "easyfaas", *args, "--state-dir", str(self.state_dir),
-                "--code-dir", str(self.code_dir)]
+        argv = [sys.executable, "-m", "easyfaas", *args, "--config", str(self.config_file),
+                "--state-dir", str(self.state_dir), "--code-dir", str(self.code_dir)]
         return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=self.env)
 
 

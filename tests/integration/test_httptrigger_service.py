@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+
 from easyfaas import config, errors, wire
 from easyfaas.httptrigger import service
 

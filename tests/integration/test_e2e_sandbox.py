@@ -1,0 +1,99 @@
+"""End to end: what a function can and cannot do, and how the engine contains it."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+
+import psutil
+import pytest
+from _functions import FORK_BOMB, HELLO, MEMORY_HOG, PROBE, SLEEPY, deploy
+
+from engine import Engine, wait_until
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Engine]:
+    with Engine.started(config_toml="[sandbox]\npids_max = 32\n") as e:
+        deploy(e.code_dir, "hello", HELLO)
+        wait_until(lambda: e.invoke("hello")[0] == 200, "hello to serve")
+        yield e
+
+
+def call(engine: Engine, name: str, event: object = None) -> tuple[int, dict[str, str], object]:
+    status, headers, raw = engine.invoke(name, event)
+    return status, headers, json.loads(raw)
+
+
+def test_function_cannot_reach_the_host(engine: Engine) -> None:
+    deploy(engine.code_dir, "probe", PROBE)
+    wait_until(lambda: engine.invoke("probe", {"host_file": "/", "state_dir": "/",
+                                               "api_port": 1})[0] == 200, "probe to serve")
+    api_port = int(engine.api_addr.rsplit(":", 1)[1])
+    status, headers, out = call(engine, "probe", {"host_file": str(engine.cfg.token_file),
+                                                  "state_dir": str(engine.state_dir),
+                                                  "api_port": api_port})
+    assert status == 200 and "X-easyfaas-Function-Error" not in headers, out
+    assert isinstance(out, dict)
+    assert out["uid"] != 0
+    assert len(out["pids"]) < 5, f"sees other processes: {out['pids']}"
+    assert out["read_host_file"].startswith("denied"), out["read_host_file"]
+    assert out["read_shadow"].startswith("denied")
+    assert out["list_state_dir"].startswith("denied")
+    assert out["connect_api"].startswith("denied")
+    assert out["write_task"].startswith("denied")
+    assert out["write_tmp"].startswith("ok")
+
+
+def sleep_processes(marker: str) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == ["sleep", marker]]
+
+
+def test_timeout_kills_the_sandbox(engine: Engine) -> None:
+    deploy(engine.code_dir, "sleepy", SLEEPY)
+    wait_until(lambda: engine.invoke("sleepy")[0] == 200, "sleepy to serve")
+    status, headers, out = call(engine, "sleepy", {"seconds": 30, "child": 4321})
+    assert status == 200
+    assert headers.get("X-easyfaas-Function-Error") == "Unhandled"
+    assert isinstance(out, dict) and "Task timed out after 1.00 seconds" in out["errorMessage"]
+    # The whole sandbox went, the function's child process with it.
+    wait_until(lambda: not sleep_processes("4321"), "the timed-out call's processes to die")
+    status, _, out = call(engine, "sleepy", {"seconds": 0})
+    assert status == 200 and out == {"slept": 0}
+
+
+def test_memory_hog_is_killed_and_others_keep_answering(engine: Engine) -> None:
+    deploy(engine.code_dir, "hog", MEMORY_HOG)
+    wait_until(lambda: engine.invoke("hog", {"mib": 1})[0] == 200, "hog to serve")
+    answers: list[int] = []
+    stop = threading.Event()
+
+    def others() -> None:
+        while not stop.is_set():
+            answers.append(engine.invoke("hello")[0])
+
+    t = threading.Thread(target=others)
+    t.start()
+    try:
+        status, headers, out = call(engine, "hog", {"mib": 512})
+    finally:
+        stop.set()
+        t.join()
+    assert status == 200 and headers.get("X-easyfaas-Function-Error") == "Unhandled"
+    assert isinstance(out, dict) and out["errorType"] == "Runtime.OutOfMemory", out
+    assert "64" in out["errorMessage"]
+    assert answers and set(answers) == {200}
+    assert call(engine, "hog", {"mib": 1})[2] == {"held": 1}
+
+
+def test_fork_bomb_stops_at_the_pids_limit(engine: Engine) -> None:
+    deploy(engine.code_dir, "bomb", FORK_BOMB)
+    wait_until(lambda: engine.api("GET", "/v1/functions/bomb")[0] == 200, "bomb to be deployed")
+    status, headers, out = call(engine, "bomb")
+    assert status == 200, out
+    assert isinstance(out, dict) and out["error"] == "BlockingIOError", out
+    assert out["forked"] < 32
+    assert call(engine, "hello")[0] == 200
