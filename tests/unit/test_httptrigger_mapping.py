@@ -6,6 +6,7 @@ import base64
 import json
 
 import pytest
+
 from easyfaas import errors
 from easyfaas.httptrigger import mapping
 
