@@ -154,7 +154,8 @@ Handler = Any  # async (header, payload, conn) -> (header, payload) | None
 
 
 async def serve_connection(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handle: Handler
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handle: Handler,
+    on_close: Any = None,
 ) -> None:
     """Serve requests from one connection, each in its own task, until the peer closes.
 
@@ -192,6 +193,8 @@ async def serve_connection(
         for task in tasks:
             task.cancel()
         writer.close()
+        if on_close is not None:
+            await on_close(writer)
 
 
 def error_dict(e: BaseException) -> dict[str, Any]:
@@ -203,8 +206,11 @@ def error_dict(e: BaseException) -> dict[str, Any]:
     return out
 
 
-async def start_server(path: str, handle: Handler, mode: int = 0o600) -> asyncio.AbstractServer:
-    """Listen on a unix socket at ``path`` (replacing a stale one) with the given file mode."""
+async def start_server(
+    path: str, handle: Handler, mode: int = 0o600, on_close: Any = None
+) -> asyncio.AbstractServer:
+    """Listen on a unix socket at ``path`` (replacing a stale one) with the given file mode.
+    ``on_close(writer)``, if given, is awaited when a connection ends."""
     import os
 
     try:
@@ -212,7 +218,7 @@ async def start_server(path: str, handle: Handler, mode: int = 0o600) -> asyncio
     except FileNotFoundError:
         pass
     server = await asyncio.start_unix_server(
-        lambda r, w: serve_connection(r, w, handle), path=path, limit=MAX_FRAME
+        lambda r, w: serve_connection(r, w, handle, on_close), path=path, limit=MAX_FRAME
     )
     os.chmod(path, mode)
     return server

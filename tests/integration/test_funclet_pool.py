@@ -99,6 +99,34 @@ def test_validate_loads_the_handler_in_a_throwaway_sandbox() -> None:
     _run(scenario())
 
 
+def test_sandboxes_go_with_the_client_that_acquired_them() -> None:
+    async def scenario() -> None:
+        with state_dir() as st:
+            cfg = make_cfg(st, pool_size=0)
+            snap = make_snapshot(cfg, {"index.py": "def handler(e, c):\n    return 1\n"})
+            async with running(cfg) as funclet:
+                owner = wire.Client(str(cfg.socket("funclet")))
+                head, _ = await owner.call("acquire", runtime="python3", memory=64,
+                                           code=snap, label="a@1")
+                leased = head["sandbox"]["id"]
+                other, _ = await funclet.call("acquire", runtime="python3", memory=64,
+                                              code=snap, label="b@1")
+
+                async def ids() -> set[str]:
+                    return {s["id"] for s in (await _status(funclet))["sandboxes"]}
+
+                assert leased in await ids()
+                await owner.close()
+                await _until(lambda: _absent(ids, leased))
+                assert other["sandbox"]["id"] in await ids()
+
+    _run(scenario())
+
+
+async def _absent(ids: Any, sb_id: str) -> bool:
+    return sb_id not in await ids()
+
+
 def _leftovers(cfg: Config) -> list[str]:
     groups = [str(p) for h in ("memory", "pids", "cpu", "freezer")
               for p in Path("/sys/fs/cgroup", h, cfg.instance_id).glob("sb-*")]

@@ -237,20 +237,6 @@ class Scheduler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def reclaim_orphans(self) -> None:
-        """Destroy sandboxes a previous controller process left bound (it was killed): nobody
-        else holds calls on them, and they would hold memory forever."""
-        try:
-            header, _ = await asyncio.wait_for(self.funclet.call("status"), ACQUIRE_TIMEOUT_S)
-        except (wire.RemoteError, OSError, TimeoutError) as e:
-            log.warning("cannot list the funclet's sandboxes to reclaim orphans: %s", e)
-            return
-        for info in header.get("sandboxes", []):
-            if info.get("state") == "bound":
-                log.warning("reclaiming orphan sandbox sb=%s label=%s", info["id"],
-                            info.get("label"))
-                await self.funclet.call("destroy", sandbox=info["id"])
-
     # -- reacting to the world ------------------------------------------------------------------
 
     def on_change(self, name: str, record: Record | None) -> None:

@@ -72,7 +72,6 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     ctl = Controller(cfg)
     await ctl.queue.open()
-    await ctl.scheduler.reclaim_orphans()
     background: list[asyncio.Task[Any]] = [
         asyncio.create_task(ctl.registry.run(stop), name="registry"),
         asyncio.create_task(ctl.scheduler.cooldown(stop), name="cooldown"),

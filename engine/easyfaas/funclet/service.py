@@ -19,15 +19,29 @@ Reply = tuple[dict[str, Any], bytes]
 
 
 class Funclet:
+    """The ops. A sandbox is leased to the connection that acquired it: when that client goes
+    away (a controller killed with SIGKILL), its sandboxes are destroyed, so none is orphaned
+    and none is taken from under another client (stubs validating a bundle)."""
+
     def __init__(self, pools: Pools):
         self.pools = pools
+        self.leases: dict[object, set[str]] = {}
 
-    async def handle(self, header: dict[str, Any], payload: bytes, _writer: object) -> Reply:
+    async def handle(self, header: dict[str, Any], payload: bytes, writer: object) -> Reply:
         op = header.get("op")
         handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
         if handler is None:
             raise InvalidParameter(f"unknown funclet op {op!r}")
-        return await handler(header), b""
+        reply = await handler(header)
+        if op == "acquire":
+            self.leases.setdefault(writer, set()).add(reply["sandbox"]["id"])
+        return reply, b""
+
+    async def release_lease(self, writer: object) -> None:
+        for sb_id in self.leases.pop(writer, set()):
+            if sb_id in self.pools.sandboxes:
+                log.info("sb=%s destroyed: the client that acquired it went away", sb_id)
+                await self.pools.destroy(sb_id)
 
     async def op_ping(self, req: dict[str, Any]) -> dict[str, Any]:
         return {}
@@ -93,7 +107,9 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
     try:
         pools.prepare()
         zygote.start()
-        server = await wire.start_server(str(cfg.socket("funclet")), Funclet(pools).handle, 0o660)
+        funclet = Funclet(pools)
+        server = await wire.start_server(str(cfg.socket("funclet")), funclet.handle, 0o660,
+                                         funclet.release_lease)
         pools.fill()
         log.info("funclet serving on %s backend=%s", cfg.socket("funclet"), backend.name)
         notify.ready()
