@@ -345,7 +345,7 @@ def cmd_serve(component: str, cfg: Config) -> int:
     import logging
     import signal
 
-    from . import logsetup
+    from . import logsetup, notify
 
     logsetup.setup(component)
     if not _die_with_supervisor():
@@ -357,7 +357,12 @@ def cmd_serve(component: str, cfg: Config) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await service.run(cfg, stop)
+        # Pings come from this loop, so a component whose loop hangs gets restarted by systemd.
+        pinger = asyncio.create_task(notify.watchdog())
+        try:
+            await service.run(cfg, stop)
+        finally:
+            pinger.cancel()
 
     try:
         asyncio.run(serve())

@@ -99,9 +99,17 @@ class FakeFunclet:
         # Every event any runner was invoked with, in order.
         self.events: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
+        self.leases: dict[Any, list[str]] = {}
 
     def live(self) -> list[str]:
         return [i for i in self.runners if i not in self.destroyed]
+
+    async def release(self, writer: Any) -> None:
+        """Like the real funclet: a client's sandboxes go when its connection closes."""
+        for sb_id in self.leases.pop(writer, []):
+            if sb_id not in self.destroyed:
+                self.destroyed.append(sb_id)
+                self.runners[sb_id].kill()
 
     async def handle(self, header: dict[str, Any], payload: bytes,
                      writer: asyncio.StreamWriter) -> tuple[dict[str, Any], bytes]:
@@ -111,6 +119,7 @@ class FakeFunclet:
             runner = FakeRunner(str(self.root / f"{sb_id}.sock"), sb_id, self)
             await runner.start()
             self.runners[sb_id] = runner
+            self.leases.setdefault(writer, []).append(sb_id)
             self.acquired.append(header["label"])
             return {"sandbox": {"id": sb_id, "socket": runner.path, "pid": 1,
                                 "memory": header["memory"]}}, b""

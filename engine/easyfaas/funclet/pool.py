@@ -39,6 +39,9 @@ class Sandbox:
     pid: int = 0
     state: str = "starting"  # starting → cold → bound → destroying
     label: str = ""
+    # Set once destroying starts: concurrent destroys (a lease ending while the funclet stops)
+    # wait for the one teardown instead of racing it.
+    teardown: asyncio.Task[bool] | None = None
 
     @property
     def socket(self) -> Path:
@@ -106,9 +109,13 @@ class Pools:
     def _make_dirs(self, sb: Sandbox) -> None:
         (sb.dir / "root").mkdir(parents=True)
         mounts.make_shared_mountpoint(sb.dir / "task")
+        # The runner (sandbox uid) makes runner.sock in here. The run dir's group (the engine's
+        # service group on the appliance) may only pass through; the setgid bit gives the socket
+        # that group, so the controller can connect to it and nobody else can.
         sock = sb.dir / "sock"
-        sock.mkdir(mode=0o755)
-        os.chown(sock, self.cfg.sandbox.uid, self.cfg.sandbox.gid)
+        sock.mkdir()
+        sock.chmod(0o2710)
+        os.chown(sock, self.cfg.sandbox.uid, self.cfg.run_dir.stat().st_gid)
 
     async def spawn(self, runtime: str) -> Sandbox:
         """Start one cold sandbox of ``runtime`` and wait until its runner listens."""
@@ -206,11 +213,17 @@ class Pools:
         sb = self.sandboxes.get(sb_id)
         if sb is None:
             return {"oom": False, "reason": "not found (already destroyed)"}
-        sb.state = "destroying"
-        if sb in self.cold[sb.runtime]:
-            self.cold[sb.runtime].remove(sb)
-        oom = await asyncio.to_thread(self._teardown, sb.id, sb.dir)
-        # Forgotten only once gone: a failed teardown stays listed and is retried on stop.
+        if sb.teardown is None:
+            sb.state = "destroying"
+            if sb in self.cold[sb.runtime]:
+                self.cold[sb.runtime].remove(sb)
+            sb.teardown = asyncio.ensure_future(
+                asyncio.to_thread(self._teardown, sb.id, sb.dir))
+        try:
+            oom = await asyncio.shield(sb.teardown)
+        except SandboxError:
+            sb.teardown = None  # a failed teardown stays listed and is retried on stop
+            raise
         self.sandboxes.pop(sb_id, None)
         reason = "out of memory" if oom else "destroyed"
         log.info("sb=%s fn=%s destroyed oom=%s", sb.id, sb.label, oom)
