@@ -36,6 +36,14 @@ def test_order_is_the_security_argument() -> None:
     assert set(unshare.namespaces) == {"mount", "pid", "ipc", "uts", "net", "cgroup"}
 
 
+def test_systemd_scope_is_joined_by_waiting_for_attach_first() -> None:
+    ops = plan.build(replace(SPEC, cgroup_procs=[], attach_scope="/i-sb.scope"))
+    assert _kinds(ops)[:3] == ["await_attach", "unshare", "fork_init"]
+    assert "join_cgroup" not in _kinds(ops)
+    attach = ops[0]
+    assert isinstance(attach, plan.AwaitAttach) and attach.scope == "/i-sb.scope"
+
+
 def test_root_is_read_only_and_slave() -> None:
     ops = plan.build(SPEC)
     mounts = [op for op in ops if isinstance(op, plan.Mount)]
@@ -81,7 +89,7 @@ def test_privileges_and_runner() -> None:
 @pytest.mark.parametrize(
     "change, message",
     [({"runtime": "cobol"}, "unknown runtime"), ({"tmp_size_mb": 0}, "at least 1 MiB"),
-     ({"cgroup_procs": []}, "cgroup.procs")],
+     ({"cgroup_procs": []}, "procs files to join or a scope")],
 )
 def test_refuses_incomplete_specs(change: dict[str, object], message: str) -> None:
     with pytest.raises(SandboxError, match=message):

@@ -128,6 +128,21 @@ def _join_cgroup(procs_files: list[str]) -> None:
             f.write(str(os.getpid()))
 
 
+def _await_attach(ctx: Context, scope: str) -> None:
+    """Tell the funclet our pid, wait for its go-ahead, then see for ourselves (fail closed)."""
+    if ctx.attach_fd < 0:
+        raise OSError("no attach channel to the funclet")
+    os.write(ctx.attach_fd, f"{os.getpid()}\n".encode())
+    answer = os.read(ctx.attach_fd, 1)
+    os.close(ctx.attach_fd)
+    ctx.attach_fd = -1
+    if answer != b"G":
+        raise OSError("the funclet did not attach the sandbox to its scope")
+    with open("/proc/self/cgroup") as f:
+        if not any(line.startswith("0::") and line.rstrip("\n").endswith(scope) for line in f):
+            raise OSError(f"not in scope {scope} after attach")
+
+
 def _write_file(path: str, content: str, mode: int) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "w") as f:
@@ -153,10 +168,12 @@ def _close_fds(keep: list[int]) -> None:
 class Context:
     """What the ops share while a plan runs: the pipes to the zygote/funclet."""
 
-    def __init__(self, ready_fd: int, info_fd: int, serve: Callable[[dict[str, Any], int], None]):
+    def __init__(self, ready_fd: int, info_fd: int, serve: Callable[[dict[str, Any], int], None],
+                 attach_fd: int = -1):
         self.ready_fd = ready_fd
         self.info_fd = info_fd
         self.serve = serve
+        self.attach_fd = attach_fd
 
 
 def _fork_init(ctx: Context) -> None:
@@ -193,6 +210,7 @@ def _mkdir(path: str, mode: int) -> None:
 Op = dict[str, Any]
 _OPS: dict[str, Callable[[Context, Op], None]] = {
     "join_cgroup": lambda ctx, op: _join_cgroup(op["procs"]),
+    "await_attach": lambda ctx, op: _await_attach(ctx, op["scope"]),
     "unshare": lambda ctx, op: unshare(op["namespaces"]),
     "fork_init": lambda ctx, op: _fork_init(ctx),
     "mount": lambda ctx, op: mount(op["src"], op["dst"], op["fstype"], op["flags"], op["data"]),
@@ -216,10 +234,10 @@ def apply(ctx: Context, op: Op) -> None:
 
 
 def run_plan(plan: list[dict[str, Any]], ready_fd: int, info_fd: int,
-             serve: Callable[[dict[str, Any], int], None]) -> None:
+             serve: Callable[[dict[str, Any], int], None], attach_fd: int = -1) -> None:
     """Run in the zygote's forked child; never returns."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    ctx = Context(ready_fd, info_fd, serve)
+    ctx = Context(ready_fd, info_fd, serve, attach_fd)
     step = "start"
     try:
         for op in plan:

@@ -54,6 +54,15 @@ class JoinCgroup(Op):
 
 
 @dataclass(frozen=True)
+class AwaitAttach(Op):
+    """Report the pid and block until the funclet has put it in its systemd scope; then check
+    ``/proc/self/cgroup`` really ends in ``scope`` (fail closed)."""
+
+    kind = "await_attach"
+    scope: str
+
+
+@dataclass(frozen=True)
 class Unshare(Op):
     kind = "unshare"
     namespaces: list[str]
@@ -144,7 +153,7 @@ class SandboxSpec:
     """Everything the plan depends on (host paths are absolute)."""
 
     runtime: str
-    cgroup_procs: list[str]
+    cgroup_procs: list[str]  # cgroupfs: files the child writes its pid into
     root: str  # empty host dir: the new root's tmpfs is mounted here, inside the sandbox only
     task: str  # host side of /var/task (a shared mount the funclet binds code onto)
     sock: str  # host side of /run/sandbox
@@ -153,6 +162,7 @@ class SandboxSpec:
     gid: int
     tmp_size_mb: int
     nodejs: str
+    attach_scope: str = ""  # systemd: the scope the funclet attaches the child to
 
 
 def _etc(spec: SandboxSpec) -> list[Op]:
@@ -224,11 +234,16 @@ def build(spec: SandboxSpec) -> list[Op]:
         raise SandboxError(f"unknown runtime {spec.runtime!r} (known: {', '.join(RUNTIMES)})")
     if spec.tmp_size_mb < 1:
         raise SandboxError("sandbox /tmp needs a size of at least 1 MiB (0 would mean unlimited)")
-    if not spec.cgroup_procs:
+    join: Op
+    if spec.cgroup_procs:
+        join = JoinCgroup(list(spec.cgroup_procs))
+    elif spec.attach_scope:
+        join = AwaitAttach(spec.attach_scope)
+    else:
         # Fail closed: a child that joins no cgroup would run without limits.
-        raise SandboxError("sandbox plan needs the cgroup.procs files the child joins")
+        raise SandboxError("sandbox plan needs a cgroup: procs files to join or a scope")
     ops: list[Op] = [
-        JoinCgroup(list(spec.cgroup_procs)),
+        join,
         Unshare(list(NAMESPACES)),
         ForkInit(),
         Mount(None, "/", None, ["rec", "slave"]),

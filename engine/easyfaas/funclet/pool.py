@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,7 @@ class Pools:
             root=str(sb.dir / "root"), task=str(sb.dir / "task"), sock=str(sb.dir / "sock"),
             runtimes_dir=str(self.runtimes), uid=box.uid, gid=box.gid,
             tmp_size_mb=box.tmp_size_mb, nodejs=box.nodejs,
+            attach_scope=self.backend.scope_suffix(sb.id) if self.backend.attaches else "",
         )
 
     def _make_dirs(self, sb: Sandbox) -> None:
@@ -126,7 +128,10 @@ class Pools:
             self.backend.create(sb_id, sb.memory)
             self._make_dirs(sb)
             ops = [op.to_wire() for op in plan.build(self._spec(sb))]
-            sb.pid, ready = await self.zygote.spawn(ops)
+            if self.backend.attaches:
+                sb.pid, ready = await self._spawn_attached(sb, ops)
+            else:
+                sb.pid, ready = await self.zygote.spawn(ops)
             await wait_ready(ready, READY_TIMEOUT_S)
         except asyncio.CancelledError:
             await self.destroy(sb_id)
@@ -138,6 +143,26 @@ class Pools:
         sb.state = "cold"
         log.info("sb=%s runtime=%s pid=%s cold", sb_id, runtime, sb.pid)
         return sb
+
+    async def _spawn_attached(self, sb: Sandbox, ops: list[dict[str, Any]]) -> tuple[int, int]:
+        """Spawn while answering the child's attach request: it sends its pid and blocks until
+        the backend has put it in its scope; closing without "G" makes it refuse to go on."""
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        spawning = asyncio.ensure_future(self.zygote.spawn(ops, os.dup(theirs.fileno())))
+        theirs.close()
+        try:
+            with ours:
+                line = await asyncio.wait_for(loop.sock_recv(ours, 64), READY_TIMEOUT_S)
+                if not line.strip().isdigit():
+                    raise SandboxError("sandbox child sent no pid to attach")
+                await asyncio.to_thread(self.backend.attach, sb.id, int(line))
+                await loop.sock_sendall(ours, b"G")
+        except BaseException:
+            await asyncio.wait([spawning])  # the child fails closed and exits; reap the reply
+            raise
+        return await spawning
 
     def _refill_soon(self, runtime: str) -> None:
         task = self._refills.get(runtime)

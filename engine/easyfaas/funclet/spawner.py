@@ -69,24 +69,26 @@ class Zygote:
                 self._proc.wait()
             self._proc = None
 
-    def _call(self, header: dict[str, Any], fd: int) -> dict[str, Any]:
+    def _call(self, header: dict[str, Any], fds: list[int]) -> dict[str, Any]:
         if self._proc is None or self._proc.poll() is not None:
             self.stop()
             self.start()
         assert self._sock is not None
-        socket.send_fds(self._sock, [_frame(header)], [fd])
+        socket.send_fds(self._sock, [_frame(header)], fds)
         total, head_len = _HEAD.unpack(_recv_exact(self._sock, _HEAD.size))
         reply: dict[str, Any] = json.loads(_recv_exact(self._sock, total - 4)[:head_len])
         return reply
 
-    async def spawn(self, plan: list[dict[str, Any]]) -> tuple[int, int]:
-        """Fork a sandbox running ``plan``; returns (host pid of its init, ready pipe fd)."""
+    async def spawn(self, plan: list[dict[str, Any]], attach_fd: int = -1) -> tuple[int, int]:
+        """Fork a sandbox running ``plan``; returns (host pid of its init, ready pipe fd).
+        ``attach_fd`` (closed here) is the child's end of the attach channel, if any."""
         ready_r, ready_w = os.pipe()
+        fds = [ready_w] if attach_fd < 0 else [ready_w, attach_fd]
         try:
             async with self._lock:
                 self._ids += 1
                 header = {"id": self._ids, "op": "spawn", "plan": plan}
-                call = asyncio.ensure_future(asyncio.to_thread(self._call, header, ready_w))
+                call = asyncio.ensure_future(asyncio.to_thread(self._call, header, fds))
                 try:
                     reply = await asyncio.shield(call)
                 except asyncio.CancelledError:
@@ -102,6 +104,8 @@ class Zygote:
             raise
         finally:
             os.close(ready_w)
+            if attach_fd >= 0:
+                os.close(attach_fd)
         if not reply.get("ok"):
             os.close(ready_r)
             raise SandboxError(f"zygote: {reply.get('error', {}).get('message')}")

@@ -82,15 +82,17 @@ class Zygote:
         argv = [*op["exec"], "--ready-fd", str(ready_fd)]
         os.execv(argv[0], argv)
 
-    def spawn(self, req: dict[str, Any], ready_fd: int) -> dict[str, Any]:
+    def spawn(self, req: dict[str, Any], ready_fd: int, attach_fd: int) -> dict[str, Any]:
         info_r, info_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             self.sock.close()
             os.close(info_r)
-            nsinit.run_plan(req["plan"], ready_fd, info_w, self.serve_runner)
+            nsinit.run_plan(req["plan"], ready_fd, info_w, self.serve_runner, attach_fd)
         os.close(info_w)
         os.close(ready_fd)
+        if attach_fd >= 0:
+            os.close(attach_fd)
         with os.fdopen(info_r, "rb") as f:
             data = f.read()
         return {"pid": int(data) if data else 0}
@@ -101,13 +103,14 @@ class Zygote:
                 req, fds = read_request(self.sock)
             except EOFError:
                 return
-            if req.get("op") != "spawn" or len(fds) != 1:
+            # fds: the ready pipe, and for attaching backends the attach channel.
+            if req.get("op") != "spawn" or len(fds) not in (1, 2):
                 for fd in fds:
                     os.close(fd)
                 send_reply(self.sock, {"id": req.get("id"), "ok": False,
                                        "error": {"message": "bad zygote request"}})
                 continue
-            reply = self.spawn(req, fds[0])
+            reply = self.spawn(req, fds[0], fds[1] if len(fds) == 2 else -1)
             send_reply(self.sock, {"id": req.get("id"), "ok": True, **reply})
 
 

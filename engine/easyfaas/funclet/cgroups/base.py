@@ -34,6 +34,8 @@ class Stats:
 
 class Backend(ABC):
     name: str
+    # True when the child cannot join by itself: it reports its pid and waits for ``attach``.
+    attaches = False
 
     def __init__(self, instance_id: str, pids_max: int, cpu_weight_per_128mb: int):
         self.instance_id = instance_id
@@ -47,6 +49,14 @@ class Backend(ABC):
     @abstractmethod
     def procs_files(self, group: str) -> list[str]:
         """Files the sandbox child writes its pid into to join ``group``."""
+
+    def scope_suffix(self, group: str) -> str:
+        """For ``attaches`` backends: how the child's /proc/self/cgroup line must end."""
+        raise SandboxError(f"{self.name} does not attach sandboxes from outside")
+
+    def attach(self, group: str, pid: int) -> None:
+        """For ``attaches`` backends: put ``pid`` (waiting) into ``group`` with its limits."""
+        raise SandboxError(f"{self.name} does not attach sandboxes from outside")
 
     @abstractmethod
     def create(self, group: str, memory_mb: int) -> None:
@@ -136,18 +146,25 @@ def rmdir(path: Path, timeout: float = 5.0) -> None:
 
 
 def detect(cfg: Config) -> Backend:
-    """The backend ``cfg.sandbox.cgroup_backend`` asks for ("auto": v2 when it has the memory
-    and pids controllers, else v1). Refuses rather than run sandboxes without limits."""
+    """The backend ``cfg.sandbox.cgroup_backend`` asks for ("auto": systemd scopes when systemd
+    is PID 1, else v2 when it has the memory and pids controllers, else v1). Refuses rather than
+    run sandboxes without limits."""
     from .v1 import V1Backend
     from .v2 import V2Backend
 
     sb = cfg.sandbox
     args = (cfg.instance_id, sb.pids_max, sb.cpu_weight_per_128mb)
     choice = sb.cgroup_backend
+    if choice in ("systemd", "auto"):
+        from .systemd import ScopeBackend, systemd_is_pid1
+
+        if choice == "systemd" or systemd_is_pid1():
+            return ScopeBackend.open(*args)
     if choice == "cgroupv2" or (choice == "auto" and V2Backend.usable(CGROUP_ROOT)):
         return V2Backend.open(CGROUP_ROOT, *args)
     if choice in ("cgroupv1", "auto"):
         return V1Backend.open(CGROUP_ROOT, *args)
     raise ConfigError(
-        f"sandbox.cgroup_backend = {choice!r} is not available here (use auto, cgroupv1, cgroupv2)"
+        f"sandbox.cgroup_backend = {choice!r} is not available here "
+        "(use auto, systemd, cgroupv1, cgroupv2)"
     )

@@ -1,0 +1,200 @@
+"""systemd transient scopes: the backend on a machine where systemd is PID 1 (the appliance).
+
+systemd owns the cgroup tree there, so sandboxes must not make cgroup dirs of their own: each one
+is a transient scope ``<instance>-<sandbox>.scope`` in ``easyfaas-sandboxes.slice``, started over
+D-Bus with ``StartTransientUnit`` and its limits (``MemoryMax``, ``MemorySwapMax=0``,
+``TasksMax``, ``CPUWeight``) set in the same call. A scope needs its first process at creation, so
+this backend attaches from the outside: the sandbox child reports its pid and blocks until the
+funclet has started the scope around it (``attaches``). Resizing is ``SetUnitProperties``,
+destroying is ``KillUnit`` + ``StopUnit``. Counters are read from the scope's own cgroup files.
+
+dbus-fast is asyncio-only while the backend interface is synchronous (it is called from worker
+threads during teardown), so the bus lives on a private event loop in its own thread and every
+call waits for its result there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+
+from ...errors import SandboxError
+from .base import MIB, Backend, Stats, kill_procs, read_int, read_keyed
+
+SLICE = "easyfaas-sandboxes.slice"
+SYSTEMD = "org.freedesktop.systemd1"
+MANAGER_PATH = "/org/freedesktop/systemd1"
+MANAGER = "org.freedesktop.systemd1.Manager"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+ATTACH_TIMEOUT_S = 30.0  # generous: a TCG guest is 10x slower than hardware
+T = TypeVar("T")
+
+
+def systemd_is_pid1() -> bool:
+    """The check sd_booted(3) makes."""
+    return Path("/run/systemd/system").is_dir()
+
+
+class ScopeBackend(Backend):
+    name = "systemd"
+    attaches = True
+
+    def __init__(self, instance_id: str, pids_max: int, cpu_weight_per_128mb: int):
+        super().__init__(instance_id, pids_max, cpu_weight_per_128mb)
+        self._memory: dict[str, int] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="dbus", daemon=True)
+        self._thread.start()
+        self._bus: MessageBus | None = None
+
+    @classmethod
+    def open(cls, instance_id: str, pids_max: int, cpu_weight: int) -> ScopeBackend:
+        backend = cls(instance_id, pids_max, cpu_weight)
+        try:
+            backend._bus = backend._run(MessageBus(bus_type=BusType.SYSTEM).connect())
+        except Exception as e:  # noqa: BLE001 - any failure to reach systemd refuses to start
+            backend._stop_loop()
+            raise SandboxError(f"cannot reach systemd on the system bus: {e}") from e
+        return backend
+
+    # -- D-Bus plumbing -----------------------------------------------------------------------
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(ATTACH_TIMEOUT_S)
+
+    def _call(self, member: str, signature: str, body: list[Any]) -> list[Any]:
+        assert self._bus is not None
+        msg = Message(destination=SYSTEMD, path=MANAGER_PATH, interface=MANAGER,
+                      member=member, signature=signature, body=body)
+        reply = self._run(self._bus.call(msg))
+        if reply is None or reply.message_type == MessageType.ERROR:
+            detail = reply.body[0] if reply is not None and reply.body else ""
+            name = reply.error_name if reply is not None else "no reply"
+            raise SandboxError(f"systemd {member}: {name}: {detail}", dbus_error=name)
+        return list(reply.body)
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    # -- naming ---------------------------------------------------------------------------
+
+    def unit(self, group: str) -> str:
+        return f"{self.instance_id}-{group}.scope"
+
+    def cgroup_dir(self, group: str) -> Path:
+        # easyfaas-sandboxes.slice nests under easyfaas.slice: systemd's slice naming.
+        return CGROUP_ROOT / "easyfaas.slice" / SLICE / self.unit(group)
+
+    # -- the interface ----------------------------------------------------------------------
+
+    def procs_files(self, group: str) -> list[str]:
+        return []  # the funclet attaches the child instead (see ``attach``)
+
+    def scope_suffix(self, group: str) -> str:
+        return "/" + self.unit(group)
+
+    def create(self, group: str, memory_mb: int) -> None:
+        """Nothing exists before the child does: remember the limits for ``attach``."""
+        self._memory[group] = memory_mb
+
+    def attach(self, group: str, pid: int) -> None:
+        """Start the scope around ``pid`` with every limit, then check they hold."""
+        memory_mb = self._memory[group]
+        props = [
+            ("Description", Variant("s", f"EasyFaaS sandbox {group}")),
+            ("Slice", Variant("s", SLICE)),
+            ("PIDs", Variant("au", [pid])),
+            ("MemoryMax", Variant("t", memory_mb * MIB)),
+            ("MemorySwapMax", Variant("t", 0)),
+            ("TasksMax", Variant("t", self.pids_max)),
+            ("CPUWeight", Variant("t", self.cpu_weight(memory_mb))),
+            ("CollectMode", Variant("s", "inactive-or-failed")),
+        ]
+        self._call("StartTransientUnit", "ssa(sv)a(sa(sv))", [self.unit(group), "fail", props, []])
+        self._wait_in_scope(group, pid)
+        self._check_limits(group, memory_mb)
+
+    def _wait_in_scope(self, group: str, pid: int) -> None:
+        """The start job moves the pid asynchronously: wait until it is really there."""
+        deadline = time.monotonic() + ATTACH_TIMEOUT_S
+        suffix = self.scope_suffix(group)
+        while True:
+            try:
+                lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+            except FileNotFoundError as e:
+                raise SandboxError(f"sandbox process {pid} died before joining its scope") from e
+            if any(line.startswith("0::") and line.endswith(suffix) for line in lines):
+                return
+            if time.monotonic() > deadline:
+                raise SandboxError(f"pid {pid} did not join {self.unit(group)}")
+            time.sleep(0.002)
+
+    def _check_limits(self, group: str, memory_mb: int) -> None:
+        """Fail closed: the kernel must show the limits systemd was asked for."""
+        path = self.cgroup_dir(group)
+        want = {"memory.max": str(memory_mb * MIB), "memory.swap.max": "0",
+                "pids.max": str(self.pids_max)}
+        for name, value in want.items():
+            try:
+                got = (path / name).read_text().strip()
+            except OSError as e:
+                raise SandboxError(f"{path / name}: {e.strerror}") from e
+            if got != value:
+                raise SandboxError(f"{self.unit(group)}: {name} is {got}, wanted {value}")
+
+    def set_memory(self, group: str, memory_mb: int) -> None:
+        self._memory[group] = memory_mb
+        self._call("SetUnitProperties", "sba(sv)",
+                   [self.unit(group), True, [("MemoryMax", Variant("t", memory_mb * MIB))]])
+        got = (self.cgroup_dir(group) / "memory.max").read_text().strip()
+        if got != str(memory_mb * MIB):
+            raise SandboxError(f"{self.unit(group)}: memory.max is {got} after resize")
+
+    def kill(self, group: str) -> None:
+        try:
+            self._call("KillUnit", "ssi", [self.unit(group), "all", int(signal.SIGKILL)])
+        except SandboxError as e:
+            if e.detail.get("dbus_error") != "org.freedesktop.systemd1.NoSuchUnit":
+                raise
+            return
+        kill_procs(self.cgroup_dir(group) / "cgroup.procs")
+
+    def remove(self, group: str) -> None:
+        self._memory.pop(group, None)
+        try:
+            self._call("StopUnit", "ss", [self.unit(group), "replace"])
+        except SandboxError as e:
+            if e.detail.get("dbus_error") != "org.freedesktop.systemd1.NoSuchUnit":
+                raise
+
+    def stats(self, group: str) -> Stats:
+        path = self.cgroup_dir(group)
+        try:
+            events = read_keyed(path / "memory.events")
+            current = read_int(path / "memory.current")
+            pids = read_int(path / "pids.current")
+        except FileNotFoundError:
+            return Stats(0, 0, None, 0)
+        peak = read_int(path / "memory.peak") if (path / "memory.peak").exists() else None
+        return Stats(events.get("oom_kill", 0), current, peak, pids)
+
+    def groups(self) -> list[str]:
+        prefix = self.instance_id + "-"
+        (units,) = self._call("ListUnitsByPatterns", "asas", [[], [prefix + "*.scope"]])
+        return [u[0][len(prefix):-len(".scope")] for u in units]
+
+    def remove_root(self) -> None:
+        if self._bus is not None:
+            self._bus.disconnect()
+            self._bus = None
+        self._stop_loop()
+
