@@ -48,6 +48,7 @@ def build(args: argparse.Namespace) -> None:
     with step("appliance identity, overlay, users, units"):
         customize.set_identity(desc, root)
         customize.copy_overlay(REPO / "rootfs-overlay", root)
+        customize.install_units(REPO / "units", root)
         customize.add_users(desc, root)
         customize.set_units(desc, root)
     with step(f"engine venv in {desc.venv}"):

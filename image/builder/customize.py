@@ -30,10 +30,22 @@ def copy_overlay(overlay: Path, root: Path) -> None:
                     str(overlay), str(root)], check=True)
 
 
+def install_units(units: Path, root: Path) -> None:
+    """The engine's units, sysusers.d and tmpfiles.d files (units/, see docs/units.md)."""
+    system = root / "usr/lib/systemd/system"
+    for unit in sorted(units.iterdir()):
+        if unit.suffix in (".service", ".target", ".slice"):
+            shutil.copyfile(unit, system / unit.name)
+    shutil.copyfile(units / "easyfaas.sysusers", root / "usr/lib/sysusers.d/easyfaas.conf")
+    shutil.copyfile(units / "easyfaas.tmpfiles", root / "usr/lib/tmpfiles.d/easyfaas.conf")
+
+
 def add_users(spec: Spec, root: Path) -> None:
-    lines = [f'u {u.name} {u.uid} "EasyFaaS {u.name}" {u.home} /usr/sbin/nologin\n'
-             for u in spec.users]
-    (root / "usr/lib/sysusers.d/easyfaas-appliance.conf").write_text("".join(lines))
+    """Create every sysusers.d user now: the root (and so /etc/passwd) is read-only at run time."""
+    if spec.users:
+        lines = [f'u {u.name} {u.uid} "EasyFaaS {u.name}" {u.home} /usr/sbin/nologin\n'
+                 for u in spec.users]
+        (root / "usr/lib/sysusers.d/easyfaas-appliance.conf").write_text("".join(lines))
     chroot(root, "systemd-sysusers")
 
 
