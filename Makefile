@@ -7,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Debian packages the engine and its tests need on a plain host; the image and VM tiers need more.
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev nodejs \
-	iproute2 util-linux procps curl
+	iproute2 util-linux procps curl wrk
 IMAGE_APT_PACKAGES := mmdebstrap squashfs-tools dosfstools mtools fdisk cpio \
 	qemu-system-x86 qemu-utils ovmf
 # Installs the Debian packages named in $(1) that are missing.
@@ -24,14 +24,14 @@ IMAGE := build/image/disk.raw
 IMAGE_INPUTS := $(shell find image rootfs-overlay units engine runtimes -type f \
 	-not -path '*/__pycache__/*' -not -path '*/.mypy_cache/*' 2>/dev/null) pyproject.toml
 
-.PHONY: setup setup-image run test test-unit test-integration test-vm lint image image-check vm clean
+.PHONY: bench setup setup-image run test test-unit test-integration test-vm lint image image-check vm clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	@$(call apt_install,$(APT_PACKAGES))
 	test -x $(PY) || /usr/bin/python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e '.[test,bench]'
 	touch $@
 	@echo "setup: done; the CLI is $(VENV)/bin/easyfaas"
 
@@ -47,6 +47,11 @@ test-unit: setup
 
 test-integration: setup
 	$(PY) -m pytest tests -m root $(PYTEST_ARGS)
+
+# Measures the engine next to its baselines in one run (see docs/performance.md);
+# BENCH_ARGS=--quick for a run of under a minute.
+bench: setup
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 # The VM tier boots the appliance under QEMU (TCG here: KVM does not work on these machines).
 test-vm: setup-image $(IMAGE)
@@ -70,7 +75,7 @@ vm: setup-image $(IMAGE)
 	sh image/qemu.sh
 
 lint: setup
-	$(VENV)/bin/ruff check engine tests
+	$(VENV)/bin/ruff check engine tests bench
 	$(VENV)/bin/mypy
 
 clean:

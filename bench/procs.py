@@ -1,0 +1,85 @@
+"""Processes the harness starts, always stopped again (also on Ctrl-C), and small HTTP helpers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+STOP_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    """A currently free local port (the baselines cannot report a port-0 bind back)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pinned(argv: list[str], cpus: str | None) -> list[str]:
+    return argv if cpus is None else ["taskset", "-c", cpus, *argv]
+
+
+@contextmanager
+def started(argv: list[str], env: dict[str, str] | None = None,
+            log: str = os.devnull) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` in its own session; on leaving, SIGTERM it, then SIGKILL its whole group."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    try:
+        # Stragglers of the group (workers, forked calls) go too.
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def wait_until(cond: Callable[[], Any], what: str, timeout: float = 30.0,
+               interval: float = 0.005) -> Any:
+    """Poll ``cond`` until it returns something truthy; ``TimeoutError`` naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not (result := cond()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+    return result
+
+
+def request(url: str, method: str = "POST", body: bytes | None = b"{}",
+            headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, body if method != "GET" else None, headers or {},
+                                 method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except OSError:
+        return 0, b""
+
+
+def answers(url: str, expect: bytes = b"") -> bool:
+    """True once ``url`` returns 200 with ``expect`` in the body."""
+    status, body = request(url)
+    return status == 200 and expect in body

@@ -1,0 +1,134 @@
+"""``make bench``: the engine and its baselines, side by side, in one run on this machine.
+
+    .venv/bin/python -m bench.run [--quick] [--out DIR]    measure; write DIR/latest.{json,png}
+    .venv/bin/python -m bench.run --write-docs [--out DIR]   fill docs/performance.md's table
+
+Every figure is the median of several runs with min/max; a system that fails is recorded with
+its error. Everything started here is stopped again, also on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import baselines, chart, engine, engine_figures, measure, report, stats
+from bench.measure import Plan
+from bench.stats import Figures
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIN_CONFIG = f"[sandbox]\npool_size = {engine_figures.POOL_SIZE}\n"
+# A tiny idle timeout makes every measured call of a known function find no warm sandbox.
+COLD_CONFIG = "[sandbox]\npool_size = {pool}\n[scheduler]\nidle_timeout_s = 0.2\n"
+
+
+def _step(figs: Figures, keys: list[str], fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(figs, *args)
+    except Exception as e:  # a failed measurement is a result: record it, go on with the rest
+        figs.fail(keys, e)
+        return None
+
+
+def _system_keys(system: str) -> list[str]:
+    return [k for h in measure.HANDLERS for k in measure.http_keys(system, h)]
+
+
+def _engine_main(figs: Figures, plan: Plan, logs: Path) -> list[dict[str, Any]] | None:
+    """Everything measured on one engine with the default pool; returns its idle processes."""
+    http_keys = [k for system in report.ENGINE for k in _system_keys(system)]
+    code_dir, deploy, enqueue = ("engine.cold_start.code_dir_ms", "engine.deploy_to_serving_ms",
+                                 "engine.async.enqueue_rps")
+    keys = [*engine_figures.MEMORY_KEYS, code_dir, deploy, *http_keys, enqueue]
+    try:
+        with engine.running(MAIN_CONFIG, plan.server_cpus, str(logs / "engine.log")) as eng:
+            listing = _step(figs, engine_figures.MEMORY_KEYS, engine_figures.memory, eng, plan)
+            _step(figs, [code_dir], engine_figures.code_dir_cold_start, eng, plan)
+            _step(figs, [deploy], engine_figures.deploy_to_serving, eng, plan)
+            _step(figs, http_keys, engine_figures.warm, eng, plan)
+            # Last: the queued events keep the engine busy after the measurement.
+            _step(figs, [enqueue], engine_figures.async_enqueue, eng, plan)
+            return listing
+    except Exception as e:
+        figs.fail([k for k in keys if k not in figs.values], e)
+        return None
+
+
+def _engine_cold(figs: Figures, plan: Plan, logs: Path, pool: int, key: str) -> None:
+    try:
+        with engine.running(COLD_CONFIG.format(pool=pool), plan.server_cpus,
+                            str(logs / f"engine-pool{pool}.log")) as eng:
+            _step(figs, [key], engine_figures.known_cold_start, eng, plan, key, pool)
+    except Exception as e:
+        if key not in figs.values:
+            figs.fail([key], e)
+
+
+def measure_all(plan: Plan, mode: str, logs: Path) -> dict[str, Any]:
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    machine = stats.machine()
+    figs = Figures()
+    baselines.interpreter(figs, plan)
+    for name, system in (("sanic", baselines.sanic), ("fork", baselines.fork),
+                         ("functions_framework", baselines.functions_framework)):
+        _step(figs, _system_keys(name), system, plan, str(logs / f"{name}.log"))
+    listing = _engine_main(figs, plan, logs)
+    _engine_cold(figs, plan, logs, engine_figures.POOL_SIZE, "engine.cold_start.pool_ms")
+    _engine_cold(figs, plan, logs, 0, "engine.cold_start.empty_pool_ms")
+    return {"mode": mode, "started_at": started,
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": machine, "plan": dataclasses.asdict(plan), "figures": figs.values,
+            "ratios": report.evaluate(figs.values), "engine_idle_processes": listing,
+            "notes": {"engine.memory.sandboxes_per_gib": "derived: 1024 MiB / sandbox PSS",
+                      "engine.async.enqueue_rps": "202s per second; each after its SQLite "
+                                                  "commit (WAL, synchronous=FULL)"}}
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (under a minute)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="render the table in DOCS from OUT/latest.json, measure nothing")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "performance.md")
+    args = parser.parse_args(argv)
+    if args.write_docs:
+        result = json.loads((args.out / "latest.json").read_text())
+        report.write_docs(args.docs, result)
+        print(f"bench: wrote the table of {args.out / 'latest.json'} into {args.docs}")
+        return 0
+    if os.geteuid() != 0:
+        print("bench: the engine needs root (namespaces, cgroups)", file=sys.stderr)
+        return 2
+    # Also when started in the background (where SIGINT is ignored): always stop cleanly.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    logs = args.out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    try:
+        result = measure_all(Plan.make(args.quick, os.cpu_count() or 1),
+                             "quick" if args.quick else "full", logs)
+    except KeyboardInterrupt:
+        print("bench: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    (args.out / "latest.json").write_text(json.dumps(result, indent=1) + "\n")
+    chart.write(args.out / "latest.png", result["figures"])
+    print(report.tables(result))
+    print(f"\nbench: wrote {args.out / 'latest.json'} and {args.out / 'latest.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
