@@ -6,9 +6,11 @@ small process with other servers on the same loop, so it uses sanic's low-level 
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from sanic import Sanic
 
@@ -24,6 +26,13 @@ def bind(listen: str) -> socket.socket:
     sock.bind((host, port))
     sock.listen(1024)
     return sock
+
+
+def write_addr(path: Path, addr: str) -> None:
+    """Publish the bound address for the CLI and tests, atomically: never a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(addr + "\n")
+    os.replace(tmp, path)
 
 
 def address(sock: socket.socket) -> str:

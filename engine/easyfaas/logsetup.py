@@ -15,8 +15,6 @@ import os
 import re
 import sys
 
-from systemd import journal
-
 FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
 # Log-line token → journal field. Values end at whitespace or a separator after the id.
 FIELDS = {"fn": "FUNCTION", "inv": "INVOCATION_ID", "sb": "SANDBOX"}
@@ -50,6 +48,9 @@ def journal_stream_is_stderr() -> bool:
 def make_handler(component: str) -> logging.Handler:
     """The handler for this process: journald (with fields) under systemd, else stderr."""
     if journal_stream_is_stderr():
+        # Imported only here: off systemd it would cost every engine process ~2 MiB for nothing.
+        from systemd import journal
+
         handler: logging.Handler = journal.JournalHandler(
             SYSLOG_IDENTIFIER=f"easyfaas-{component}"
         )

@@ -23,7 +23,8 @@ HERE = Path(__file__).parent
 
 def fake_env(log: Path, mode: str = "") -> dict[str, str]:
     return {
-        "EASYFAAS_UP_COMPONENTS": "fake=_supervisor_helpers,httptrigger",
+        # The trigger serves once it has stubs' route snapshot, so the real stubs run too.
+        "EASYFAAS_UP_COMPONENTS": "fake=_supervisor_helpers,stubs,httptrigger",
         "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
         "FAKE_LOG": str(log),
         "FAKE_MODE": mode,

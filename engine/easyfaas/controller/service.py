@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import notify, token, wire
 from ..config import Config
-from ..httpserver import serving
+from ..httpserver import serving, write_addr
 from .api import build_app
 from .asyncq import AsyncQueue
 from .invoke import FunctionLogWriter, Invoker
@@ -82,7 +82,7 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
     server = await wire.start_server(sock_path, ctl.sockapi.handle, mode=0o660)
     try:
         async with serving(build_app(ctl), cfg.api.listen) as addr:
-            addr_file.write_text(addr + "\n")
+            write_addr(addr_file, addr)
             await _wait_snapshot(ctl.registry, stop)
             background.append(asyncio.create_task(ctl.queue.run(stop), name="async-workers"))
             notify.ready(f"api {addr}")

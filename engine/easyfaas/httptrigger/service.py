@@ -6,12 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-from pathlib import Path
 
 from .. import notify, wire
 from ..config import Config
-from ..httpserver import serving
+from ..httpserver import serving, write_addr
 from .app import build_app
 from .routes import RouteTable
 
@@ -34,7 +32,7 @@ def _apply(table: RouteTable, frame: wire.Header) -> None:
         log.info("routes: deleted fn=%s", frame["name"])
 
 
-async def _follow(path: str, table: RouteTable) -> None:
+async def _follow(path: str, table: RouteTable, loaded: asyncio.Event) -> None:
     """One ``watch`` subscription, until stubs closes it.
 
     The watch is a stream of frames under one request id, which ``wire.Client`` (one response per
@@ -49,16 +47,18 @@ async def _follow(path: str, table: RouteTable) -> None:
             if header.get("ok") is False:
                 raise wire.RemoteError(header.get("error") or {})
             _apply(table, header)
+            loaded.set()
     finally:
         writer.close()
 
 
-async def watch_stubs(path: str, table: RouteTable) -> None:
-    """Keep the route table live; re-subscribe (with backoff) whenever stubs goes away."""
+async def watch_stubs(path: str, table: RouteTable, loaded: asyncio.Event) -> None:
+    """Keep the route table live; re-subscribe (with backoff) whenever stubs goes away.
+    ``loaded`` is set once the first snapshot is in the table."""
     delay = RETRY_S
     while True:
         try:
-            await _follow(path, table)
+            await _follow(path, table, loaded)
             delay = RETRY_S
             log.warning("stubs closed the watch; re-subscribing")
         except (OSError, wire.WireError, wire.RemoteError) as e:
@@ -82,12 +82,6 @@ async def keep_registered(controller: wire.Client) -> None:
         await asyncio.sleep(RETRY_S)
 
 
-def _write_addr(path: Path, addr: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(addr + "\n")
-    os.replace(tmp, path)
-
-
 async def run(cfg: Config, stop: asyncio.Event) -> None:
     """Serve the HTTP trigger on ``cfg.http.listen`` until ``stop`` is set."""
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
@@ -95,15 +89,21 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
     controller = wire.Client(str(cfg.socket("controller")))
     addr_file = cfg.run_dir / "http.addr"
     async with serving(build_app(table, controller), cfg.http.listen) as addr:
-        _write_addr(addr_file, addr)
-        tasks = [
-            asyncio.create_task(watch_stubs(str(cfg.socket("stubs")), table)),
-            asyncio.create_task(keep_registered(controller)),
-        ]
-        notify.ready(f"serving http://{addr}")
-        log.info("httptrigger serving on http://%s", addr)
+        loaded = asyncio.Event()
+        tasks = [asyncio.create_task(watch_stubs(str(cfg.socket("stubs")), table, loaded))]
         try:
-            await stop.wait()
+            # Ready (and registered, which healthz counts) only with the routes in place: a
+            # manifest route must not answer 404 just because the trigger started a moment ago.
+            waits = [asyncio.ensure_future(e.wait()) for e in (loaded, stop)]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for w in waits:
+                w.cancel()
+            if loaded.is_set() and not stop.is_set():
+                tasks.append(asyncio.create_task(keep_registered(controller)))
+                write_addr(addr_file, addr)
+                notify.ready(f"serving http://{addr}")
+                log.info("httptrigger serving on http://%s", addr)
+                await stop.wait()
         finally:
             notify.stopping()
             for task in tasks:
