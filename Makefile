@@ -8,8 +8,8 @@ PY := $(VENV)/bin/python
 # Debian packages the engine and its tests need on a plain host; the image and VM tiers need more.
 APT_PACKAGES := python3 python3-venv python3-dev gcc pkg-config libsystemd-dev nodejs \
 	iproute2 util-linux procps curl wrk
-IMAGE_APT_PACKAGES := mmdebstrap squashfs-tools dosfstools mtools fdisk cpio \
-	qemu-system-x86 qemu-utils ovmf
+IMAGE_APT_PACKAGES := mmdebstrap squashfs-tools dosfstools mtools fdisk cpio gzip kmod systemd \
+	git qemu-system-x86 qemu-utils ovmf
 # Installs the Debian packages named in $(1) that are missing.
 apt_install = missing=$$(for p in $(1); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \

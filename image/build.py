@@ -53,6 +53,7 @@ def build(args: argparse.Namespace) -> None:
         customize.set_units(desc, root)
     with step(f"engine venv in {desc.venv}"):
         customize.install_engine(desc, root, wheelhouse)
+        customize.install_runtimes(desc, root, REPO / "runtimes")
     with step("kernel and busybox initrd"):
         kver = initrd.build(desc, root, out, epoch)
         customize.refresh_modules(root, kver)

@@ -99,8 +99,11 @@ class Machine:
     context manager: QEMU is killed when the block ends, whatever happened."""
 
     def __init__(self, image: Image, workdir: Path, *, uefi: bool = False, memory_mb: int = 512,
-                 cpus: int = 2, boot_timeout: float = 120.0) -> None:
+                 cpus: int = 2, boot_timeout: float = 120.0,
+                 credentials: dict[str, str] | None = None) -> None:
         self.image, self.workdir, self.uefi = image, workdir, uefi
+        # systemd system credentials handed in through SMBIOS type 11, as on a real device.
+        self.credentials = credentials or {}
         self.memory_mb, self.cpus, self.boot_timeout = memory_mb, cpus, boot_timeout
         self.console_log = workdir / "console.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -157,7 +160,9 @@ class Machine:
 
     def qemu_argv(self, accel: str) -> list[str]:
         """The QEMU command line: microvm + direct kernel, or q35 + OVMF for UEFI boots."""
-        bus = "pci" if self.uefi else "device"
+        # microvm has no SMBIOS: a machine handed credentials boots its kernel on q35.
+        pc = self.uefi or bool(self.credentials)
+        bus = "pci" if pc else "device"
         argv = ["qemu-system-x86_64", "-accel", accel, "-m", str(self.memory_mb),
                 "-smp", str(self.cpus), "-nodefaults", "-no-user-config", "-display", "none",
                 "-no-reboot", "-serial", f"file:{self.console_log}",
@@ -169,11 +174,13 @@ class Machine:
                 "-netdev", "user,id=n0", "-device", f"virtio-net-{bus},netdev=n0",
                 "-drive", f"id=d0,file={self._disk},format={self._disk.suffix[1:]},if=none",
                 "-device", f"virtio-blk-{bus},drive=d0"]
+        for name, value in self.credentials.items():
+            argv += ["-smbios", f"type=11,value=io.systemd.credential:{name}={value}"]
         if self.uefi:
             return [*argv, "-M", "q35", "-bios", str(OVMF)]
         # microvm hangs in ~10% of boots without tsc_early_khz; panic=-1 makes a panic end QEMU.
         cmdline = f"{self.image.cmdline} tsc_early_khz=2600000 panic=-1"
-        return [*argv, "-M", "microvm", "-kernel", str(self.image.vmlinuz),
+        return [*argv, "-M", "q35" if pc else "microvm", "-kernel", str(self.image.vmlinuz),
                 "-initrd", str(self.workdir / "initrd-test.img"), "-append", cmdline]
 
     # --- power ---------------------------------------------------------------------------

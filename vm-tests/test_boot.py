@@ -43,11 +43,12 @@ def test_boots_read_only_with_var_partition_and_forwarded_port(image: Image, wor
         # systemd-repart let /var take the rest of the 2 GiB disk.
         assert int(machine.succeed("lsblk -bno SIZE /dev/vda3")) > 1024**3
         machine.succeed("/opt/easyfaas/bin/python -c 'import easyfaas, orjson, sanic, systemd'")
-        # The engine's config is in place and a guest port is reachable from the host.
+        # The engine's config is in place and a guest port is reachable from the host (8090:
+        # the engine itself has 8080 and 8001).
         machine.succeed("systemd-run --unit=probe-http "
-                        "python3 -m http.server --directory /etc/easyfaas 8080")
-        machine.wait_for_open_port(8080)
-        port = machine.forward_port(8080)
+                        "python3 -m http.server --directory /etc/easyfaas 8090")
+        machine.wait_for_open_port(8090)
+        port = machine.forward_port(8090)
         body = subprocess.run(["curl", "-sf", "--max-time", "30",
                                f"http://127.0.0.1:{port}/engine.toml"],
                               check=True, capture_output=True, text=True).stdout

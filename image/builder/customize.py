@@ -56,6 +56,13 @@ def set_units(spec: Spec, root: Path) -> None:
         subprocess.run(["systemctl", f"--root={root}", "mask", *spec.mask], check=True)
 
 
+def install_runtimes(spec: Spec, root: Path, runtimes: Path) -> None:
+    """The function runners (runtimes/), where the funclet looks for them: beside the package's
+    site-packages, as the repo's runtimes/ is beside engine/ (``plan.runtimes_dir``)."""
+    (lib,) = (root / spec.venv.lstrip("/") / "lib").glob("python3.*")
+    shutil.copytree(runtimes, lib / "runtimes", ignore=shutil.ignore_patterns("__pycache__"))
+
+
 def install_engine(spec: Spec, root: Path, wheelhouse: Path) -> None:
     """A venv at ``spec.venv`` with the engine from the host-built wheelhouse (no network)."""
     inside = Path("/tmp/wheelhouse")

@@ -237,6 +237,9 @@ def run_plan(plan: list[dict[str, Any]], ready_fd: int, info_fd: int,
              serve: Callable[[dict[str, Any], int], None], attach_fd: int = -1) -> None:
     """Run in the zygote's forked child; never returns."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # The sandbox must not inherit the funclet's umask (0027 under systemd): the parent dirs
+    # makedirs creates in the sandbox root (/run, /var) would be closed to the sandbox uid.
+    os.umask(0o022)
     ctx = Context(ready_fd, info_fd, serve, attach_fd)
     step = "start"
     try:

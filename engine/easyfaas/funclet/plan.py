@@ -265,5 +265,6 @@ def describe(ops: list[Op]) -> str:
 
 
 def runtimes_dir() -> Path:
-    """The repo's ``runtimes/`` (engine/easyfaas/funclet/plan.py → repo root)."""
+    """The repo's ``runtimes/`` (engine/easyfaas/funclet/plan.py → repo root); the appliance's
+    venv has a copy at the same place relative to the package (image/builder/customize.py)."""
     return Path(__file__).resolve().parents[3] / "runtimes"

@@ -6,7 +6,9 @@ D-Bus with ``StartTransientUnit`` and its limits (``MemoryMax``, ``MemorySwapMax
 ``TasksMax``, ``CPUWeight``) set in the same call. A scope needs its first process at creation, so
 this backend attaches from the outside: the sandbox child reports its pid and blocks until the
 funclet has started the scope around it (``attaches``). Resizing is ``SetUnitProperties``,
-destroying is ``KillUnit`` + ``StopUnit``. Counters are read from the scope's own cgroup files.
+destroying is ``KillUnit`` + ``StopUnit`` + ``ResetFailedUnit``. Counters are read from the
+scope's own cgroup files; a scope stopped by an OOM kill loses its cgroup at once but stays
+loaded as failed until the reset, so its ``Result`` still tells the OOM.
 
 dbus-fast is asyncio-only while the backend interface is synchronous (it is called from worker
 threads during teardown), so the bus lives on a private event loop in its own thread and every
@@ -33,6 +35,11 @@ SLICE = "easyfaas-sandboxes.slice"
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
 MANAGER = "org.freedesktop.systemd1.Manager"
+SCOPE = "org.freedesktop.systemd1.Scope"
+PROPERTIES = "org.freedesktop.DBus.Properties"
+NO_SUCH_UNIT = "org.freedesktop.systemd1.NoSuchUnit"
+NO_SUCH_PROCESS = "org.freedesktop.systemd1.NoSuchProcess"
+ESRCH = "System.Error.ESRCH"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 ATTACH_TIMEOUT_S = 30.0  # generous: a TCG guest is 10x slower than hardware
 T = TypeVar("T")
@@ -41,6 +48,11 @@ T = TypeVar("T")
 def systemd_is_pid1() -> bool:
     """The check sd_booted(3) makes."""
     return Path("/run/systemd/system").is_dir()
+
+
+async def _connect() -> MessageBus:
+    """Made on the bus thread's loop: a MessageBus binds to the loop it is created on."""
+    return await MessageBus(bus_type=BusType.SYSTEM).connect()
 
 
 class ScopeBackend(Backend):
@@ -59,7 +71,7 @@ class ScopeBackend(Backend):
     def open(cls, instance_id: str, pids_max: int, cpu_weight: int) -> ScopeBackend:
         backend = cls(instance_id, pids_max, cpu_weight)
         try:
-            backend._bus = backend._run(MessageBus(bus_type=BusType.SYSTEM).connect())
+            backend._bus = backend._run(_connect())
         except Exception as e:  # noqa: BLE001 - any failure to reach systemd refuses to start
             backend._stop_loop()
             raise SandboxError(f"cannot reach systemd on the system bus: {e}") from e
@@ -74,12 +86,19 @@ class ScopeBackend(Backend):
         assert self._bus is not None
         msg = Message(destination=SYSTEMD, path=MANAGER_PATH, interface=MANAGER,
                       member=member, signature=signature, body=body)
-        reply = self._run(self._bus.call(msg))
-        if reply is None or reply.message_type == MessageType.ERROR:
-            detail = reply.body[0] if reply is not None and reply.body else ""
-            name = reply.error_name if reply is not None else "no reply"
-            raise SandboxError(f"systemd {member}: {name}: {detail}", dbus_error=name)
+        reply = self._run(self._bus_call(msg))
+        if reply.message_type == MessageType.ERROR:
+            detail = reply.body[0] if reply.body else ""
+            raise SandboxError(f"systemd {member}: {reply.error_name}: {detail}",
+                               dbus_error=reply.error_name)
         return list(reply.body)
+
+    async def _bus_call(self, msg: Message) -> Message:
+        assert self._bus is not None
+        reply = await self._bus.call(msg)
+        if reply is None:
+            raise SandboxError(f"systemd {msg.member}: no reply")
+        return reply
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -117,7 +136,9 @@ class ScopeBackend(Backend):
             ("MemorySwapMax", Variant("t", 0)),
             ("TasksMax", Variant("t", self.pids_max)),
             ("CPUWeight", Variant("t", self.cpu_weight(memory_mb))),
-            ("CollectMode", Variant("s", "inactive-or-failed")),
+            # An OOM kill stops the scope and removes its cgroup (and memory.events) before
+            # the funclet looks: the failed unit stays loaded, its Result says "oom-kill".
+            ("CollectMode", Variant("s", "inactive")),
         ]
         self._call("StartTransientUnit", "ssa(sv)a(sa(sv))", [self.unit(group), "fail", props, []])
         self._wait_in_scope(group, pid)
@@ -159,22 +180,35 @@ class ScopeBackend(Backend):
         if got != str(memory_mb * MIB):
             raise SandboxError(f"{self.unit(group)}: memory.max is {got} after resize")
 
-    def kill(self, group: str) -> None:
+    def _call_unit(self, member: str, signature: str, body: list[Any]) -> None:
+        """A call on a unit that may be gone, or (failed) have no processes left: both fine."""
         try:
-            self._call("KillUnit", "ssi", [self.unit(group), "all", int(signal.SIGKILL)])
+            self._call(member, signature, body)
         except SandboxError as e:
-            if e.detail.get("dbus_error") != "org.freedesktop.systemd1.NoSuchUnit":
+            if e.detail.get("dbus_error") not in (NO_SUCH_UNIT, NO_SUCH_PROCESS, ESRCH):
                 raise
-            return
+
+    def kill(self, group: str) -> None:
+        self._call_unit("KillUnit", "ssi", [self.unit(group), "all", int(signal.SIGKILL)])
         kill_procs(self.cgroup_dir(group) / "cgroup.procs")
 
     def remove(self, group: str) -> None:
         self._memory.pop(group, None)
+        self._call_unit("StopUnit", "ss", [self.unit(group), "replace"])
+        self._call_unit("ResetFailedUnit", "s", [self.unit(group)])  # lets systemd unload it
+
+    def _oom_killed(self, group: str) -> bool:
+        """The scope's Result, for a scope whose cgroup is already gone."""
         try:
-            self._call("StopUnit", "ss", [self.unit(group), "replace"])
+            (path,) = self._call("GetUnit", "s", [self.unit(group)])
         except SandboxError as e:
-            if e.detail.get("dbus_error") != "org.freedesktop.systemd1.NoSuchUnit":
-                raise
+            if e.detail.get("dbus_error") == NO_SUCH_UNIT:
+                return False
+            raise
+        msg = Message(destination=SYSTEMD, path=path, interface=PROPERTIES, member="Get",
+                      signature="ss", body=[SCOPE, "Result"])
+        reply = self._run(self._bus_call(msg))
+        return reply.message_type != MessageType.ERROR and reply.body[0].value == "oom-kill"
 
     def stats(self, group: str) -> Stats:
         path = self.cgroup_dir(group)
@@ -183,7 +217,7 @@ class ScopeBackend(Backend):
             current = read_int(path / "memory.current")
             pids = read_int(path / "pids.current")
         except FileNotFoundError:
-            return Stats(0, 0, None, 0)
+            return Stats(1 if self._oom_killed(group) else 0, 0, None, 0)
         peak = read_int(path / "memory.peak") if (path / "memory.peak").exists() else None
         return Stats(events.get("oom_kill", 0), current, peak, pids)
 
