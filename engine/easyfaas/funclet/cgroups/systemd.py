@@ -45,11 +45,6 @@ ATTACH_TIMEOUT_S = 30.0  # generous: a TCG guest is 10x slower than hardware
 T = TypeVar("T")
 
 
-def systemd_is_pid1() -> bool:
-    """The check sd_booted(3) makes."""
-    return Path("/run/systemd/system").is_dir()
-
-
 async def _connect() -> MessageBus:
     """Made on the bus thread's loop: a MessageBus binds to the loop it is created on."""
     return await MessageBus(bus_type=BusType.SYSTEM).connect()
