@@ -85,8 +85,13 @@ def test_watchdog_pings_while_the_loop_runs_and_stops_when_it_is_blocked(
 
     async def scenario() -> tuple[list[str], list[str]]:
         pinger = asyncio.create_task(notify.watchdog())
-        await asyncio.sleep(0.25)  # the loop is free: pings flow
-        flowing = messages(manager, 1.0)
+        # The loop is free: pings flow. Wait for three of them (read on the loop, so the
+        # pinger keeps running), with a timeout.
+        manager.setblocking(False)
+        loop = asyncio.get_running_loop()
+        flowing = [(await asyncio.wait_for(loop.sock_recv(manager, 4096), 2.0)).decode()
+                   for _ in range(3)]
+        messages(manager, 0.0)  # drop any ping that queued meanwhile
         time.sleep(0.3)  # the loop is stuck (the condition under test): no ping may arrive
         during_block = messages(manager, 0.0)
         pinger.cancel()
