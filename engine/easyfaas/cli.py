@@ -23,10 +23,11 @@ from .errors import EasyFaaSError
 
 SERVE_COMPONENTS = ("stubs", "funclet", "controller", "httptrigger")
 # Modules an engine process would import without ever using them (see ``_refuse_imports``):
-# ``ssl`` (asyncio loads it if it can) where only unix sockets are served — sanic needs it — and
-# ``uvloop`` (sanic loads it to see whether it is there) where sanic runs on our own asyncio loop.
-UNUSED_IMPORTS = {"up": ("ssl",), "stubs": ("ssl",), "funclet": ("ssl",),
-                  "controller": ("uvloop",), "httptrigger": ("uvloop",)}
+# ``ssl`` (asyncio loads it if it can) where only unix sockets are served — sanic needs it.
+UNUSED_IMPORTS = {"up": ("ssl",), "stubs": ("ssl",), "funclet": ("ssl",)}
+# The components on the request path run on uvloop: about half the per-request event-loop cost
+# of asyncio's own loop for well under 1 MiB (docs/performance.md). sanic imports it anyway.
+UVLOOP_COMPONENTS = ("controller", "httptrigger")
 HTTP_TIMEOUT_S = 330.0  # above the longest function timeout a user is likely to set
 
 
@@ -378,8 +379,14 @@ def cmd_serve(component: str, cfg: Config) -> int:
         finally:
             pinger.cancel()
 
+    loop_factory = None
+    if component in UVLOOP_COMPONENTS:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
     try:
-        asyncio.run(serve())
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            runner.run(serve())
     except Exception:
         logging.getLogger(f"easyfaas.{component}").exception("%s failed", component)
         return 1

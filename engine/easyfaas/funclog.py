@@ -21,14 +21,13 @@ def log_path(state_dir: Path, name: str) -> Path:
 def append(state_dir: Path, name: str, text: str) -> None:
     """Append ``text`` (one record, possibly many lines) to the function's log."""
     path = log_path(state_dir, name)
-    path.parent.mkdir(mode=0o750, exist_ok=True)
     if not text.endswith("\n"):
         text += "\n"
     try:
         if path.stat().st_size > MAX_BYTES:
             os.replace(path, path.with_name(path.name + ".1"))
     except FileNotFoundError:
-        pass
+        path.parent.mkdir(mode=0o750, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
     try:
         os.write(fd, text.encode("utf-8", "replace"))

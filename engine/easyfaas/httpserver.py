@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from sanic import Sanic
+from sanic.http import Http
 
 from .config import parse_listen
 
@@ -43,9 +44,11 @@ def address(sock: socket.socket) -> str:
 @asynccontextmanager
 async def serving(app: Sanic, listen: str) -> AsyncIterator[str]:
     """Serve ``app`` on ``listen`` for the duration of the block; yields the bound address."""
-    # Sanic's "touchup" rewrites its own classes' source at start-up; a second app in one process
-    # (tests, or two servers on one loop) then fails to start. It only saves a few branches.
-    app.config.TOUCHUP = False
+    # Sanic's "touchup" rewrites its request-path methods, class-wide, to drop the dispatch of
+    # signals nobody listens to (our apps listen to none): a third of sanic's per-request cost
+    # (docs/performance.md). A second rewrite in one process (tests run several apps) fails, and
+    # the first one already holds for every later app.
+    app.config.TOUCHUP = not getattr(Http, "__touched__", False)
     sock = bind(listen)
     server = await app.create_server(sock=sock, return_asyncio_server=True, access_log=False)
     if server is None:

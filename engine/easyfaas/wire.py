@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import struct
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -66,6 +66,96 @@ class RemoteError(Exception):
         super().__init__(error.get("message") or error.get("errorMessage") or str(error))
 
 
+class FrameBuffer:
+    """Splits a byte stream into frames as it arrives."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[Header, bytes]]:
+        """The frames completed by ``data``; raises ``WireError`` on a malformed one."""
+        buf = self._buf
+        buf += data
+        frames = []
+        pos = 0
+        while len(buf) - pos >= 8:
+            total, head_len = _HEAD.unpack_from(buf, pos)
+            if total > MAX_FRAME or head_len > total - 4:
+                raise WireError(f"bad frame lengths total={total} header={head_len}")
+            end = pos + 4 + total
+            if len(buf) < end:
+                break
+            try:
+                header = orjson.loads(buf[pos + 8:pos + 8 + head_len])
+            except orjson.JSONDecodeError as e:
+                raise WireError(f"bad frame header: {e}") from e
+            if not isinstance(header, dict):
+                raise WireError("frame header is not an object")
+            frames.append((header, bytes(buf[pos + 8 + head_len:end])))
+            pos = end
+        if pos:
+            del buf[:pos]
+        return frames
+
+    @property
+    def partial(self) -> bool:
+        return bool(self._buf)
+
+
+class _ClientProtocol(asyncio.Protocol):
+    """The transport side of a ``Client``: frames in, matched to pending calls by id.
+
+    A protocol rather than streams: on the request path every await and task counts.
+    """
+
+    def __init__(self, path: str, pending: dict[int, asyncio.Future[tuple[Header, bytes]]]):
+        self.path = path
+        self.pending = pending
+        self.frames = FrameBuffer()
+        self.transport: asyncio.Transport | None = None
+        self._can_write: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.frames.feed(data)
+        except WireError as e:
+            self._fail(ConnectionError(f"{self.path}: {e}"))
+            return
+        for header, payload in frames:
+            fut = self.pending.pop(header.get("id", -1), None)
+            if fut is not None and not fut.done():
+                fut.set_result((header, payload))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionError(f"{self.path}: {exc or 'connection closed'}"))
+
+    def _fail(self, error: BaseException) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(error)
+        self.pending.clear()
+        if self._can_write is not None and not self._can_write.done():
+            self._can_write.set_result(None)  # the call then fails with its future
+
+    def pause_writing(self) -> None:
+        self._can_write = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._can_write is not None and not self._can_write.done():
+            self._can_write.set_result(None)
+        self._can_write = None
+
+    async def drain(self) -> None:
+        """Wait while the transport holds more than its high-water mark (big payloads)."""
+        if self._can_write is not None:
+            await asyncio.shield(self._can_write)
+
+
 class Client:
     """A persistent, multiplexed connection to one of the engine's unix sockets.
 
@@ -76,8 +166,7 @@ class Client:
 
     def __init__(self, path: str):
         self.path = path
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
+        self._protocol: _ClientProtocol | None = None
         self._pending: dict[int, asyncio.Future[tuple[Header, bytes]]] = {}
         self._ids = itertools.count(1)
         self._lock = asyncio.Lock()
@@ -87,50 +176,44 @@ class Client:
 
     @property
     def connected(self) -> bool:
-        return self._writer is not None and not self._writer.is_closing()
+        p = self._protocol
+        return p is not None and p.transport is not None and not p.transport.is_closing()
 
-    async def _connect(self) -> asyncio.StreamWriter:
+    async def _connect(self) -> _ClientProtocol:
         async with self._lock:
-            if self._writer is None or self._writer.is_closing():
-                reader, writer = await asyncio.open_unix_connection(self.path, limit=MAX_FRAME)
-                self._writer = writer
+            if not self.connected:
+                # A fresh pending map per connection: a late answer on a dead one is dropped.
+                self._pending = {}
+                _, protocol = await asyncio.get_running_loop().create_unix_connection(
+                    lambda: _ClientProtocol(self.path, self._pending), self.path)
+                self._protocol = protocol
                 self.connects += 1
-                self._reader_task = asyncio.create_task(self._read_loop(reader, writer))
-            return self._writer
+            assert self._protocol is not None
+            return self._protocol
 
-    async def _read_loop(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        error: BaseException = ConnectionError(f"{self.path}: connection closed")
-        try:
-            while True:
-                frame = await read_frame(reader)
-                if frame is None:
-                    break
-                fut = self._pending.pop(frame[0].get("id", -1), None)
-                if fut is not None and not fut.done():
-                    fut.set_result(frame)
-        except (WireError, OSError) as e:
-            error = ConnectionError(f"{self.path}: {e}")
-        finally:
-            writer.close()
-            if self._writer is writer:
-                self._writer = None
-            for fut in self._pending.values():
-                if not fut.done():
-                    fut.set_exception(error)
-            self._pending.clear()
+    async def call_raw(self, header: Header, payload: bytes = b"",
+                       timeout: float | None = None) -> tuple[Header, bytes]:
+        """Send a request and return the response frame, whatever its ``ok``.
 
-    async def call_raw(self, header: Header, payload: bytes = b"") -> tuple[Header, bytes]:
-        """Send a request and return the response frame, whatever its ``ok``."""
-        writer = await self._connect()
+        ``timeout`` (seconds) raises ``TimeoutError``; the late answer is dropped."""
+        protocol = self._protocol if self.connected else await self._connect()
+        assert protocol is not None and protocol.transport is not None
+        loop = asyncio.get_running_loop()
         rid = next(self._ids)
-        fut: asyncio.Future[tuple[Header, bytes]] = asyncio.get_running_loop().create_future()
-        self._pending[rid] = fut
+        fut: asyncio.Future[tuple[Header, bytes]] = loop.create_future()
+        pending = protocol.pending
+        pending[rid] = fut
+        timer = None
+        if timeout is not None:
+            timer = loop.call_later(timeout, _expire, fut)
         try:
-            writer.write(encode({**header, "id": rid}, payload))
-            await writer.drain()
+            protocol.transport.write(encode({**header, "id": rid}, payload))
+            await protocol.drain()
             return await fut
         finally:
-            self._pending.pop(rid, None)
+            pending.pop(rid, None)
+            if timer is not None:
+                timer.cancel()
 
     async def call(self, op: str, payload: bytes = b"", **fields: Any) -> tuple[Header, bytes]:
         """Send ``op`` and return the response; raise ``RemoteError`` on ``ok: false``."""
@@ -140,61 +223,90 @@ class Client:
         return header, body
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            try:
-                await self._reader_task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - closing anyway
-                pass
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.close()
 
 
-Handler = Any  # async (header, payload, conn) -> (header, payload) | None
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
 
 
-async def serve_connection(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handle: Handler,
-    on_close: Any = None,
-) -> None:
-    """Serve requests from one connection, each in its own task, until the peer closes.
+class Connection:
+    """One served connection, as a handler sees it: a key for per-connection state (leases,
+    subscriptions) and a way to write frames of its own (``watch``)."""
 
-    ``handle(header, payload, writer)`` returns the response ``(header, payload)``; the ``id`` is
+    def __init__(self, transport: asyncio.Transport):
+        self.transport = transport
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+Handler = Any  # async (header, payload, conn: Connection) -> (header, payload) | None
+OnClose = Any  # async (conn: Connection) -> None
+
+
+class _ServerProtocol(asyncio.Protocol):
+    """Serves requests from one connection, each in its own task, until the peer closes.
+
+    ``handle(header, payload, conn)`` returns the response ``(header, payload)``; the ``id`` is
     filled in here. An exception becomes ``ok: false`` with its message, so one bad request never
     takes the connection down. A handler that streams (``watch``) writes frames itself and
     returns ``None``.
     """
-    tasks: set[asyncio.Task[None]] = set()
 
-    async def one(header: Header, payload: bytes) -> None:
+    def __init__(self, handle: Handler, on_close: OnClose):
+        self.handle = handle
+        self.on_close = on_close
+        self.frames = FrameBuffer()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.conn: Connection | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.conn = Connection(cast(asyncio.Transport, transport))
+
+    def data_received(self, data: bytes) -> None:
+        assert self.conn is not None
+        try:
+            frames = self.frames.feed(data)
+        except WireError:
+            self.conn.close()  # not our protocol: drop this connection only
+            return
+        for header, payload in frames:
+            task = asyncio.get_running_loop().create_task(self._one(self.conn, header, payload))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.on_close is not None and self.conn is not None:
+            task = asyncio.get_running_loop().create_task(self.on_close(self.conn))
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+
+    async def _one(self, conn: Connection, header: Header, payload: bytes) -> None:
         rid = header.get("id")
         try:
-            result = await handle(header, payload, writer)
+            result = await self.handle(header, payload, conn)
             if result is None:
                 return
             resp, body = result
         except Exception as e:  # noqa: BLE001 - reported to the caller, never swallowed
             resp, body = {"ok": False, "error": error_dict(e)}, b""
-        if not writer.is_closing():
-            writer.write(encode({"ok": True, **resp, "id": rid}, body))
+        if not conn.is_closing():
+            conn.write(encode({"ok": True, **resp, "id": rid}, body))
 
-    try:
-        while True:
-            try:
-                frame = await read_frame(reader)
-            except (WireError, OSError):
-                break
-            if frame is None:
-                break
-            task = asyncio.create_task(one(*frame))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-    finally:
-        for task in tasks:
-            task.cancel()
-        writer.close()
-        if on_close is not None:
-            await on_close(writer)
+
+# ``on_close`` tasks in flight (the loop keeps only weak references to tasks).
+_closing: set[asyncio.Task[None]] = set()
 
 
 def error_dict(e: BaseException) -> dict[str, Any]:
@@ -207,18 +319,17 @@ def error_dict(e: BaseException) -> dict[str, Any]:
 
 
 async def start_server(
-    path: str, handle: Handler, mode: int = 0o600, on_close: Any = None
+    path: str, handle: Handler, mode: int = 0o600, on_close: OnClose = None
 ) -> asyncio.AbstractServer:
     """Listen on a unix socket at ``path`` (replacing a stale one) with the given file mode.
-    ``on_close(writer)``, if given, is awaited when a connection ends."""
+    ``on_close(conn)``, if given, is awaited when a connection ends."""
     import os
 
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
-    server = await asyncio.start_unix_server(
-        lambda r, w: serve_connection(r, w, handle, on_close), path=path, limit=MAX_FRAME
-    )
+    server = await asyncio.get_running_loop().create_unix_server(
+        lambda: _ServerProtocol(handle, on_close), path=path)
     os.chmod(path, mode)
     return server

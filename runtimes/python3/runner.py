@@ -1,8 +1,9 @@
 """The runner inside a sandbox for the ``python3`` and ``shell`` runtimes (stdlib only).
 
 It serves ``runner.sock`` (see docs/internals.md): frames ``u32 total | u32 header | JSON header |
-payload`` carrying ops ``ping``, ``load`` and ``invoke``, several in flight at once. Every request
-runs on its own thread, so a function's ``concurrency`` > 1 works; everything an invocation writes
+payload`` carrying ops ``ping``, ``load`` and ``invoke``. A function with ``concurrency`` 1 (the
+default) gets one request at a time, answered on the connection's own thread; with more, requests
+run on a set of reused worker threads, several in flight at once. Everything an invocation writes
 is captured into that invocation's ``log``.
 
 The funclet's zygote imports this module once and forks it per sandbox, then calls ``serve``.
@@ -17,6 +18,7 @@ import importlib
 import io
 import json
 import os
+import queue
 import select
 import signal
 import socket
@@ -201,6 +203,10 @@ class Function:
         self.handler = _field(spec, "handler", str)
         self.memory = _field(spec, "memory", int)
         self.timeout = float(_field(spec, "timeout", (int, float)))
+        concurrency = spec.get("concurrency", 1)
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise RunnerError("Runtime.BadRequest", "function.concurrency must be an integer >= 1")
+        self.concurrency = concurrency
         env = spec.get("env") or {}
         if not isinstance(env, dict) or not all(
             isinstance(k, str) and k and "=" not in k and isinstance(v, str) for k, v in env.items()
@@ -519,14 +525,44 @@ def _answer(conn: Connection, runner: Runner, header: Header, payload: bytes) ->
         conn.release()
 
 
-def _serve_connection(conn: Connection, runner: Runner) -> None:
+class Workers:
+    """Threads that answer requests of a function taking several at once, kept for reuse:
+    starting a thread per call costs more than a small call itself."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Connection, Runner, Header, bytes]] = (
+            queue.SimpleQueue())
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, conn: Connection, runner: Runner, header: Header, payload: bytes) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            else:
+                threading.Thread(target=self._work, daemon=True).start()
+        self._queue.put((conn, runner, header, payload))
+
+    def _work(self) -> None:
+        while True:
+            _answer(*self._queue.get())
+            with self._lock:
+                self._idle += 1
+
+
+def _serve_connection(conn: Connection, runner: Runner, workers: Workers) -> None:
     try:
         while True:
             frame = read_frame(conn.sock)
             if frame is None:
                 return
             conn.hold()
-            threading.Thread(target=_answer, args=(conn, runner, *frame), daemon=True).start()
+            function = runner.function
+            if function is not None and function.concurrency > 1:
+                workers.submit(conn, runner, *frame)
+            else:
+                # One call at a time: the controller sends the next only after this answer.
+                _answer(conn, runner, *frame)
     except (OSError, ValueError):
         return  # not our protocol, or the peer vanished: drop this connection only
     finally:
@@ -564,10 +600,12 @@ def serve(socket_path: str, ready_fd: int, task_dir: str, runtime: str) -> None:
         os.write(ready_fd, b"R")
         os.close(ready_fd)
     runner = Runner(rt, capture)
+    workers = Workers()
     while True:
         sock, _ = listener.accept()
         conn = Connection(sock)
-        threading.Thread(target=_serve_connection, args=(conn, runner), daemon=True).start()
+        threading.Thread(target=_serve_connection, args=(conn, runner, workers),
+                         daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,8 @@ def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     name, text = CONFORMANCE_FILES[runtime]
     task = write_function(tmp_path_factory.mktemp(runtime), {name: text})
     with running(runtime, task) as runner:
-        resp = runner.load(HANDLERS[runtime], runtime=runtime)
+        # Two calls in flight at once: the attribution case needs them side by side.
+        resp = runner.load(HANDLERS[runtime], runtime=runtime, concurrency=2)
         assert resp["ok"], resp
         yield runtime, runner
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 import _runtime_functions as fns
 import pytest
 from _runtime_functions import write_function
-from _runtime_helpers import runner_command, running
+from _runtime_helpers import invoke_fields, runner_command, running
 
 
 def test_invoke_before_load_is_refused(tmp_path: Path) -> None:
@@ -153,3 +154,37 @@ def test_runner_that_cannot_listen_exits_before_ready(tmp_path: Path, runtime: s
         assert os.read(ready_r, 1) == b""  # no ready byte: the writer closed without one
     finally:
         os.close(ready_r)
+
+
+# Counts the calls inside the handler at once; the pause gives an overlap the time to show.
+OVERLAP = """
+import threading, time
+inside, most, lock = 0, 0, threading.Lock()
+def handler(event, context):
+    global inside, most
+    with lock:
+        inside += 1
+        most = max(most, inside)
+    time.sleep(0.05)
+    with lock:
+        inside -= 1
+    return most
+"""
+
+
+@pytest.mark.parametrize("concurrency, overlap", [(1, 1), (3, 3)])
+def test_python_calls_overlap_only_up_to_the_concurrency(tmp_path: Path, concurrency: int,
+                                                         overlap: int) -> None:
+    with running("python3", write_function(tmp_path, {"index.py": OVERLAP})) as runner:
+        assert runner.load("index.handler", concurrency=concurrency)["ok"]
+        requests = [({"op": "invoke", **invoke_fields(f"req-{i}")}, b"{}") for i in range(3)]
+        results = asyncio.run(runner.gather(requests))
+        assert all(resp["ok"] for resp, _ in results), results
+        assert max(json.loads(body) for _, body in results) == overlap
+
+
+def test_python_bad_concurrency_is_refused(tmp_path: Path) -> None:
+    with running("python3", write_function(tmp_path, {"index.py": OVERLAP})) as runner:
+        resp = runner.load("index.handler", concurrency=0)
+        assert resp["error"]["errorType"] == "Runtime.BadRequest"
+        assert runner.load("index.handler", concurrency=1)["ok"]

@@ -55,6 +55,7 @@ class Target:
             "handler": self.handler,
             "memory": self.memory,
             "timeout": self.timeout,
+            "concurrency": self.concurrency,
             "env": self.env,
             "runtime": self.runtime,
         }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,4 +72,4 @@ class Sandbox:
 
 async def wire_call(client: wire.Client, header: wire.Header, timeout: float,
                     payload: bytes = b"") -> tuple[wire.Header, bytes]:
-    return await asyncio.wait_for(client.call_raw(header, payload), timeout)
+    return await client.call_raw(header, payload, timeout)

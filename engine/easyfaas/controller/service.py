@@ -76,7 +76,6 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
         asyncio.create_task(ctl.registry.run(stop), name="registry"),
         asyncio.create_task(ctl.scheduler.cooldown(stop), name="cooldown"),
     ]
-    log_writer = asyncio.create_task(ctl.logs.run(), name="funclog")
     addr_file = cfg.run_dir / "api.addr"
     sock_path = str(cfg.socket("controller"))
     server = await wire.start_server(sock_path, ctl.sockapi.handle, mode=0o660)
@@ -98,7 +97,7 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
             cfg.socket("controller").unlink()
         await _stop_tasks(background)
         await ctl.close()
-        await _stop_tasks([log_writer], grace=0)
+        ctl.logs.flush()
         log.info("controller stopped")
 
 

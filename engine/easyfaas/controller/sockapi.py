@@ -6,7 +6,6 @@ raised and travel back as ``ok: false`` with the errors.py type name (``wire.ser
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -24,15 +23,15 @@ class SocketAPI:
     def __init__(self, ctl: Controller):
         self.ctl = ctl
         # Connections that said "register"; healthz counts the ones still open.
-        self._triggers: set[asyncio.StreamWriter] = set()
-        self._conns: set[asyncio.StreamWriter] = set()
+        self._triggers: set[wire.Connection] = set()
+        self._conns: set[wire.Connection] = set()
 
     def trigger_registered(self) -> bool:
         self._triggers = {w for w in self._triggers if not w.is_closing()}
         return bool(self._triggers)
 
     async def handle(self, header: wire.Header, payload: bytes,
-                     writer: asyncio.StreamWriter) -> tuple[dict[str, Any], bytes]:
+                     writer: wire.Connection) -> tuple[dict[str, Any], bytes]:
         self._conns.add(writer)
         op = header.get("op")
         if op == "invoke":

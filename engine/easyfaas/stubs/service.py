@@ -36,7 +36,7 @@ class StubsService:
         self.pipeline = Pipeline(cfg, self.registry, self.store, validator or self._funclet,
                                  self.publish)
         self.watcher = Watcher(cfg.code_dir, self.pipeline.schedule, self._rescan_later)
-        self._subscribers: dict[asyncio.StreamWriter, set[Any]] = {}
+        self._subscribers: dict[wire.Connection, set[Any]] = {}
         self._server: asyncio.AbstractServer | None = None
         self._rescans: set[asyncio.Task[None]] = set()
 
@@ -78,7 +78,7 @@ class StubsService:
                 writer.write(wire.encode({"id": rid, "ok": True, **event}))
 
     async def handle(self, header: dict[str, Any], payload: bytes,
-                     writer: asyncio.StreamWriter) -> Response | None:
+                     writer: wire.Connection) -> Response | None:
         op = header.get("op")
         if op == "watch":
             await self._watch(header.get("id"), writer)
@@ -111,7 +111,7 @@ class StubsService:
             raise InvalidParameter("'body'/'config' must be a JSON object")
         return await upload.put(self.pipeline, str(header.get("name")), data, payload)
 
-    async def _watch(self, rid: Any, writer: asyncio.StreamWriter) -> None:
+    async def _watch(self, rid: Any, writer: wire.Connection) -> None:
         # Snapshot and subscription happen without an await in between: no update is lost.
         writer.write(wire.encode({"id": rid, "ok": True, "event": "snapshot",
                                   "functions": self.registry.records()}))
