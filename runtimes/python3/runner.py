@@ -152,6 +152,9 @@ class FdCapture:
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._inflight: list[LogBuffer] = []
         self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Collect output written between calls too (calls drain the pipe themselves)."""
         threading.Thread(target=self._pump, name="fd-capture", daemon=True).start()
 
     def begin(self, log: LogBuffer) -> None:
@@ -526,26 +529,33 @@ def _answer(conn: Connection, runner: Runner, header: Header, payload: bytes) ->
 
 
 class Workers:
-    """Threads that answer requests of a function taking several at once, kept for reuse:
-    starting a thread per call costs more than a small call itself."""
+    """Threads kept for reuse: one serves each connection, more answer the calls of a function
+    that takes several at once. Starting a thread costs more than a small call itself, so the
+    first one is started before the first connection comes."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[Connection, Runner, Header, bytes]] = (
+        self._queue: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]] = (
             queue.SimpleQueue())
         self._idle = 0
         self._lock = threading.Lock()
 
-    def submit(self, conn: Connection, runner: Runner, header: Header, payload: bytes) -> None:
+    def prestart(self) -> None:
+        with self._lock:
+            self._idle += 1
+        threading.Thread(target=self._work, daemon=True).start()
+
+    def submit(self, fn: Callable[..., None], *args: Any) -> None:
         with self._lock:
             if self._idle:
                 self._idle -= 1
             else:
                 threading.Thread(target=self._work, daemon=True).start()
-        self._queue.put((conn, runner, header, payload))
+        self._queue.put((fn, args))
 
     def _work(self) -> None:
         while True:
-            _answer(*self._queue.get())
+            fn, args = self._queue.get()
+            fn(*args)
             with self._lock:
                 self._idle += 1
 
@@ -559,7 +569,7 @@ def _serve_connection(conn: Connection, runner: Runner, workers: Workers) -> Non
             conn.hold()
             function = runner.function
             if function is not None and function.concurrency > 1:
-                workers.submit(conn, runner, *frame)
+                workers.submit(_answer, conn, runner, *frame)
             else:
                 # One call at a time: the controller sends the next only after this answer.
                 _answer(conn, runner, *frame)
@@ -596,16 +606,27 @@ def serve(socket_path: str, ready_fd: int, task_dir: str, runtime: str) -> None:
         capture = FdCapture()
         sys.stdout = LogRouter(1, capture.fallback_fd)
         sys.stderr = LogRouter(2, capture.fallback_fd)
+    runner = Runner(rt, capture)
     if ready_fd >= 0:
         os.write(ready_fd, b"R")
         os.close(ready_fd)
-    runner = Runner(rt, capture)
+    # Threads start after "ready" (connections wait in the backlog meanwhile): a sandbox started
+    # for a waiting call overlaps them with the funclet's and controller's next steps.
     workers = Workers()
+    workers.prestart()  # for the first connection
+    if capture is not None:
+        capture.start()
     while True:
         sock, _ = listener.accept()
-        conn = Connection(sock)
-        threading.Thread(target=_serve_connection, args=(conn, runner, workers),
-                         daemon=True).start()
+        workers.submit(_serve_connection, Connection(sock), runner, workers)
+
+
+def warm_up() -> None:
+    """What every sandbox would otherwise do for the first time on its first call, done once
+    in the zygote before it forks: the first ``compile`` of a process builds the AST types
+    (~1.5 ms), the first JSON round trip sets up the codecs."""
+    compile("def handler(event, context):\n    return {'ok': event}\n", "<warm-up>", "exec")
+    json.loads(json.dumps({"warm": ["up", 1.5, None]}, ensure_ascii=False))
 
 
 def main(argv: list[str] | None = None) -> int:

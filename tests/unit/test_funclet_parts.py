@@ -76,7 +76,8 @@ def test_v1_writes_limits_and_cpu_shares(tmp_path: Path) -> None:
     assert (g["memory"] / "memory.memsw.limit_in_bytes").read_text() == str(64 * MIB)
     assert (g["pids"] / "pids.max").read_text() == "9"
     assert (g["cpu"] / "cpu.shares").read_text() == "512"  # 64 MiB = half of 128: half of 1024
-    assert backend.procs_files("sb") == [str(g[h] / "cgroup.procs") for h in HIERARCHIES]
+    # tasks, not cgroup.procs: the single-threaded child joins without the global lock.
+    assert backend.procs_files("sb") == [str(g[h] / "tasks") for h in HIERARCHIES]
     assert backend.groups() == ["sb"]
 
 

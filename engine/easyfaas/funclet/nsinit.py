@@ -123,9 +123,12 @@ def _drop_privileges(uid: int, gid: int) -> None:
 
 
 def _join_cgroup(procs_files: list[str]) -> None:
+    # "0" is the writing task itself. On cgroup v1 ``tasks`` files that moves just this (single)
+    # thread without the kernel's global threadgroup lock, whose RCU grace period cost ~12 ms
+    # per sandbox when writing a pid to ``cgroup.procs`` (docs/performance.md).
     for path in procs_files:
         with open(path, "w") as f:
-            f.write(str(os.getpid()))
+            f.write("0")
 
 
 def _await_attach(ctx: Context, scope: str) -> None:

@@ -37,13 +37,18 @@ class Op:
 
     kind: ClassVar[str]
 
+    def _fields(self) -> dict[str, Any]:
+        # Shallow: the values are strings, numbers and lists of strings, and the dict is
+        # serialised right away (``dataclasses.asdict`` deep-copies: a third of a spawn's plan).
+        return {f.name: getattr(self, f.name)
+                for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+
     def describe(self) -> str:
-        fields = dataclasses.asdict(self)  # type: ignore[call-overload]
-        args = [f"{k}={oct(v) if k == 'mode' else repr(v)}" for k, v in fields.items()]
+        args = [f"{k}={oct(v) if k == 'mode' else repr(v)}" for k, v in self._fields().items()]
         return " ".join([self.kind, *args])
 
     def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = dataclasses.asdict(self)  # type: ignore[call-overload]
+        wire = self._fields()
         return {"op": self.kind, "describe": self.describe(), **wire}
 
 
@@ -153,7 +158,7 @@ class SandboxSpec:
     """Everything the plan depends on (host paths are absolute)."""
 
     runtime: str
-    cgroup_procs: list[str]  # cgroupfs: files the child writes its pid into
+    cgroup_procs: list[str]  # cgroupfs: files the child writes itself ("0") into
     root: str  # empty host dir: the new root's tmpfs is mounted here, inside the sandbox only
     task: str  # host side of /var/task (a shared mount the funclet binds code onto)
     sock: str  # host side of /run/sandbox

@@ -135,7 +135,9 @@ def main() -> None:
     nsinit.prctl(nsinit.PR_SET_CHILD_SUBREAPER, 1)
     signal.signal(signal.SIGCHLD, _reap)
     sock = socket.socket(fileno=args.fd)
-    Zygote(sock, load_runner(args.runner)).loop()
+    runner = load_runner(args.runner)
+    runner.warm_up()
+    Zygote(sock, runner).loop()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FunctionNotFound, InvalidParameter, ServiceUnavailable
-from . import archive, manifest
+from . import manifest
 from .pipeline import NAME, FuncletUnavailable, Pipeline
 from .registry import Record
 
@@ -70,6 +70,10 @@ async def put(pipeline: Pipeline, name: str, data: dict[str, Any], payload: byte
     # Only the keys given, so that a missing runtime is still inferred from the files.
     toml = to_toml({key: checked[key] for key in data})
     code_dir = pipeline.cfg.code_dir
+    # Imported on the first upload: zipfile and its compressors are ~2 MiB an idle stubs
+    # process would otherwise hold (docs/performance.md).
+    from . import archive
+
     tmp = await asyncio.to_thread(archive.extract_to_temp, payload, code_dir)
     try:
         (tmp / manifest.MANIFEST).write_text(toml, "utf-8")

@@ -1,7 +1,7 @@
 """The cgroup backend interface, shared helpers, and ``detect``.
 
 Two ways for a sandbox to enter its cgroup fit this interface: cgroupfs backends (v1, v2) name
-``procs_files`` that the child writes its own pid into before it unshares; a backend that must
+``procs_files`` that the child writes itself (``0``) into before it unshares; a backend that must
 attach from the outside (a systemd transient scope started with ``PIDs=``) returns no files and
 the parent attaches the child while it waits. Every group lives under the instance's own
 directory (``cfg.instance_id``) so side-by-side engines, and crash cleanup, never mix.
@@ -50,7 +50,7 @@ class Backend(ABC):
 
     @abstractmethod
     def procs_files(self, group: str) -> list[str]:
-        """Files the sandbox child writes its pid into to join ``group``."""
+        """Files the sandbox child writes itself (``0``) into to join ``group``."""
 
     def scope_suffix(self, group: str) -> str:
         """For ``attaches`` backends: how the child's /proc/self/cgroup line must end."""
