@@ -116,7 +116,8 @@ def _engine_and_idle_sandboxes(eng: Engine) -> tuple[list[dict[str, Any]], list[
     """The engine's own processes (sandboxes excluded) and the pids of the idle sandboxes."""
     status = eng.runtimes()["funclet"]
     in_sandboxes = {p.pid for sb in status["sandboxes"] for p in _tree(int(sb["pid"]))}
-    listing = [{"pid": p.pid, "name": " ".join(p.cmdline()[1:5]) or p.name(),
+    # Components forked by ``easyfaas up`` share its command line; their name says which is which.
+    listing = [{"pid": p.pid, "name": f"{p.name()}: {' '.join(p.cmdline()[1:5])}",
                 "pss_mib": round(p.memory_full_info().pss / MIB, 2)}
                for p in _tree(eng.pid) if p.pid not in in_sandboxes]
     idle = [int(sb["pid"]) for sb in status["sandboxes"]

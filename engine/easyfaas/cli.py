@@ -24,8 +24,9 @@ from .errors import EasyFaaSError
 SERVE_COMPONENTS = ("stubs", "funclet", "controller", "httptrigger")
 # Modules an engine process would import without ever using them (see ``_refuse_imports``):
 # ``ssl`` (asyncio loads it if it can) where only unix sockets are served — sanic needs it —
-# and ``ujson``, which sanic would prefer for its own JSON where the engine uses orjson.
-UNUSED_IMPORTS = {"up": ("ssl",), "stubs": ("ssl",), "funclet": ("ssl",),
+# and ``ujson``, which sanic would prefer for its own JSON where the engine uses orjson. ``up``
+# preloads sanic for the components it forks (supervisor.py).
+UNUSED_IMPORTS = {"up": ("ujson",), "stubs": ("ssl",), "funclet": ("ssl",),
                   "controller": ("ujson",), "httptrigger": ("ujson",)}
 # The components on the request path run on uvloop: about half the per-request event-loop cost
 # of asyncio's own loop for well under 1 MiB (docs/performance.md). sanic imports it anyway.
