@@ -529,9 +529,9 @@ def _answer(conn: Connection, runner: Runner, header: Header, payload: bytes) ->
 
 
 class Workers:
-    """Threads kept for reuse: one serves each connection, more answer the calls of a function
-    that takes several at once. Starting a thread costs more than a small call itself, so the
-    first one is started before the first connection comes."""
+    """Threads kept for reuse: one accepts connections, one serves each connection, more answer
+    the calls of a function that takes several at once. Starting a thread costs more than a
+    small call itself, so one is started before the first connection comes."""
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]]] = (
@@ -579,6 +579,17 @@ def _serve_connection(conn: Connection, runner: Runner, workers: Workers) -> Non
         conn.release()
 
 
+def _lead(listener: socket.socket, runner: Runner, workers: Workers) -> None:
+    """Accept one connection, pass the accepting on to a pooled thread, serve the connection.
+
+    The thread that accepts serves, so a call never waits for a hand-over between threads
+    (about half a millisecond of a cold start, measured).
+    """
+    sock, _ = listener.accept()
+    workers.submit(_lead, listener, runner, workers)
+    _serve_connection(Connection(sock), runner, workers)
+
+
 def _listen(path: str) -> socket.socket:
     try:
         os.unlink(path)
@@ -603,6 +614,7 @@ def serve(socket_path: str, ready_fd: int, task_dir: str, runtime: str) -> None:
     listener = _listen(socket_path)
     capture = None
     if runtime == "python3":
+        sys.dont_write_bytecode = True  # /var/task is read-only: each attempt would only fail
         capture = FdCapture()
         sys.stdout = LogRouter(1, capture.fallback_fd)
         sys.stderr = LogRouter(2, capture.fallback_fd)
@@ -613,12 +625,11 @@ def serve(socket_path: str, ready_fd: int, task_dir: str, runtime: str) -> None:
     # Threads start after "ready" (connections wait in the backlog meanwhile): a sandbox started
     # for a waiting call overlaps them with the funclet's and controller's next steps.
     workers = Workers()
-    workers.prestart()  # for the first connection
+    workers.prestart()  # takes over accepting once this thread has its connection
     if capture is not None:
         capture.start()
-    while True:
-        sock, _ = listener.accept()
-        workers.submit(_serve_connection, Connection(sock), runner, workers)
+    _lead(listener, runner, workers)
+    threading.Event().wait()  # the runner lives as long as its sandbox
 
 
 def warm_up() -> None:

@@ -13,6 +13,8 @@ import pytest
 from _runtime_functions import CONFORMANCE_FILES, write_function
 from _runtime_helpers import RunnerProc, invoke_fields, running
 
+from easyfaas.wire import Client
+
 ALL = ["python3", "nodejs", "shell"]
 HANDLERS = {"python3": "index.handler", "nodejs": "index.handler", "shell": "bootstrap"}
 
@@ -183,3 +185,21 @@ def test_shell_bootstrap_is_killed_at_the_deadline(loaded: tuple[str, RunnerProc
     resp, _ = loaded[1].invoke({"action": "sleep"}, timeout_ms=300)
     assert resp["ok"] is False
     assert resp["error"]["errorType"] == "Runtime.Timeout"
+
+
+def test_connections_are_served_side_by_side(loaded: tuple[str, RunnerProc]) -> None:
+    """A second connection is answered while the first one stays open (a reconnect after a
+    half-dead connection, or the funclet next to the controller)."""
+
+    async def both() -> list[bool]:
+        first, second = Client(loaded[1].socket), Client(loaded[1].socket)
+        try:
+            answers = [await first.call_raw({"op": "ping"}, timeout=10)]
+            answers.append(await second.call_raw({"op": "ping"}, timeout=10))
+            answers.append(await first.call_raw({"op": "ping"}, timeout=10))
+            return [header["ok"] for header, _ in answers]
+        finally:
+            await first.close()
+            await second.close()
+
+    assert asyncio.run(both()) == [True, True, True]
