@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import struct
 from typing import Any, cast
 
+import orjson
+
 MAX_FRAME = 64 * 1024 * 1024  # 64 MiB: payloads above this are refused, not buffered
 _HEAD = struct.Struct(">II")
-# Headers are small: the stdlib codec is about as fast there as orjson, which costs every
-# process that imports it ~2 MiB of private memory (docs/performance.md).
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 Header = dict[str, Any]
 
@@ -32,7 +30,7 @@ class WireError(Exception):
 
 
 def encode(header: Header, payload: bytes = b"") -> bytes:
-    head = _dumps(header).encode("utf-8", "replace")
+    head = orjson.dumps(header)
     return _HEAD.pack(len(head) + len(payload) + 4, len(head)) + head + payload
 
 
@@ -52,8 +50,8 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[Header, bytes] | Non
     except asyncio.IncompleteReadError as e:
         raise WireError("connection closed mid-frame") from e
     try:
-        header = json.loads(body[:head_len])
-    except ValueError as e:
+        header = orjson.loads(body[:head_len])
+    except orjson.JSONDecodeError as e:
         raise WireError(f"bad frame header: {e}") from e
     if not isinstance(header, dict):
         raise WireError("frame header is not an object")
@@ -88,8 +86,8 @@ class FrameBuffer:
             if len(buf) < end:
                 break
             try:
-                header = json.loads(buf[pos + 8:pos + 8 + head_len])
-            except ValueError as e:
+                header = orjson.loads(buf[pos + 8:pos + 8 + head_len])
+            except orjson.JSONDecodeError as e:
                 raise WireError(f"bad frame header: {e}") from e
             if not isinstance(header, dict):
                 raise WireError("frame header is not an object")
