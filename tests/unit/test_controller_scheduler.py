@@ -79,7 +79,7 @@ async def test_max_instances_makes_calls_wait_for_a_free_slot() -> None:
         t = target("a", max_instances=1)
         first = await s.acquire(t)
         waiting = asyncio.ensure_future(s.acquire(t))
-        await asyncio.sleep(0.05)
+        await wait_for(lambda: len(s._queues.get("a", ())) == 1)  # it queued, not served
         assert not waiting.done()
         s.release(first)
         assert await asyncio.wait_for(waiting, 2) is first
@@ -148,7 +148,7 @@ async def test_memory_budget_queues_when_everything_is_busy() -> None:
         a = await s.acquire(target("a"))
         await s.acquire(target("b"))
         waiting = asyncio.ensure_future(s.acquire(target("c")))
-        await asyncio.sleep(0.05)
+        await wait_for(lambda: len(s._queues.get("c", ())) == 1)  # it queued, not served
         assert not waiting.done() and funclet.destroyed == []
         s.release(a)
         c = await asyncio.wait_for(waiting, 2)
