@@ -39,6 +39,10 @@ _HEAD = struct.Struct(">II")
 
 Header = dict[str, Any]
 
+# Made once: ``json.dumps`` with options builds a new encoder on every call.
+_RESULT_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+_HEADER_JSON = json.JSONEncoder(ensure_ascii=False)
+
 
 class RunnerError(Exception):
     """An error answered as ``{"errorType", "errorMessage", "stackTrace"?}``."""
@@ -255,7 +259,7 @@ def parse_event(payload: bytes) -> Any:
 
 def dump_result(result: Any) -> bytes:
     try:
-        return json.dumps(result, ensure_ascii=False, allow_nan=False).encode()
+        return _RESULT_JSON.encode(result).encode()
     except (TypeError, ValueError) as e:
         raise RunnerError(
             "Runtime.ResultSerializationError", f"the handler's result is not JSON: {e}"
@@ -461,39 +465,49 @@ class Runner:
 
 def _encode(header: Header, payload: bytes = b"") -> bytes:
     # "replace": a log with lone surrogates must not cost the caller its answer.
-    head = json.dumps(header, ensure_ascii=False).encode("utf-8", "replace")
+    head = _HEADER_JSON.encode(header).encode("utf-8", "replace")
     return _HEAD.pack(len(head) + len(payload) + 4, len(head)) + head + payload
 
 
-def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:
-    """``size`` bytes, or None on a clean end of stream before the first one."""
-    buf = bytearray(size)
-    view = memoryview(buf)
-    got = 0
-    while got < size:
-        n = sock.recv_into(view[got:])
-        if n == 0:
-            if got == 0:
-                return None
+class FrameReader:
+    """Frames from one connection. Reads whatever the socket has (up to ``CHUNK``), so a small
+    frame (a call) takes one ``recv`` rather than one for its prefix and one for the rest."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self._buf = bytearray()
+        self._chunk = memoryview(bytearray(self.CHUNK))
+
+    def _fill(self, size: int) -> bool:
+        """Buffer at least ``size`` bytes; False on a clean end of stream with nothing buffered."""
+        buf = self._buf
+        while len(buf) < size:
+            n = self._sock.recv_into(self._chunk)
+            if n == 0:
+                if not buf:
+                    return False
+                raise ConnectionError("connection closed mid-frame")
+            buf += self._chunk[:n]
+        return True
+
+    def read(self) -> tuple[Header, bytes] | None:
+        """The next frame, or None when the peer closed between frames."""
+        if not self._fill(8):
+            return None
+        total, head_len = _HEAD.unpack_from(self._buf)
+        if total > MAX_FRAME or total < 4 or head_len > total - 4:
+            raise ConnectionError(f"bad frame lengths total={total} header={head_len}")
+        if not self._fill(total + 4):
             raise ConnectionError("connection closed mid-frame")
-        got += n
-    return bytes(buf)
-
-
-def read_frame(sock: socket.socket) -> tuple[Header, bytes] | None:
-    prefix = _recv_exactly(sock, 8)
-    if prefix is None:
-        return None
-    total, head_len = _HEAD.unpack(prefix)
-    if total > MAX_FRAME or total < 4 or head_len > total - 4:
-        raise ConnectionError(f"bad frame lengths total={total} header={head_len}")
-    body = _recv_exactly(sock, total - 4) if total > 4 else b""
-    if body is None:
-        raise ConnectionError("connection closed mid-frame")
-    header = json.loads(body[:head_len])
-    if not isinstance(header, dict):
-        raise ConnectionError("frame header is not an object")
-    return header, body[head_len:]
+        buf = self._buf
+        header = json.loads(buf[8:8 + head_len])
+        payload = bytes(buf[8 + head_len:total + 4])
+        del buf[:total + 4]
+        if not isinstance(header, dict):
+            raise ConnectionError("frame header is not an object")
+        return header, payload
 
 
 class Connection:
@@ -573,9 +587,10 @@ class Workers:
 
 
 def _serve_connection(conn: Connection, runner: Runner, workers: Workers) -> None:
+    frames = FrameReader(conn.sock)
     try:
         while True:
-            frame = read_frame(conn.sock)
+            frame = frames.read()
             if frame is None:
                 return
             conn.hold()

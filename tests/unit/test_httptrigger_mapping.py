@@ -114,3 +114,19 @@ def test_function_and_platform_errors() -> None:
     assert json.loads(resp.body)["Code"] == "TooManyRequestsException"
     resp = mapping.bad_gateway("down")
     assert resp.status == 502 and json.loads(resp.body)["Message"] == "down"
+
+
+def test_plain_result_passes_through_as_the_functions_json() -> None:
+    payload = b'{"message": "hello world", "big": 123456789012345678901234567890}'
+    resp = mapping.map_result(payload)
+    assert (resp.status, resp.body) == (200, payload)
+
+
+def test_proxy_response_with_big_integers_in_a_json_body() -> None:
+    resp = mapping.map_result(b'{"statusCode": 200, "body": {"n": 123456789012345678901234567890}}')
+    assert json.loads(resp.body) == {"n": 123456789012345678901234567890}
+
+
+def test_result_that_is_not_json_is_refused() -> None:
+    with pytest.raises(mapping.BadFunctionResponse):
+        mapping.map_result(b"{not json")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import stat
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 from _runtime_functions import CONFORMANCE_FILES, write_function
 from _runtime_helpers import RunnerProc, invoke_fields, running
 
-from easyfaas.wire import Client
+from easyfaas.wire import Client, encode
 
 ALL = ["python3", "nodejs", "shell"]
 HANDLERS = {"python3": "index.handler", "nodejs": "index.handler", "shell": "bootstrap"}
@@ -203,3 +205,43 @@ def test_connections_are_served_side_by_side(loaded: tuple[str, RunnerProc]) -> 
             await second.close()
 
     assert asyncio.run(both()) == [True, True, True]
+
+
+def _frames(sock: socket.socket, count: int) -> list[tuple[dict[str, object], bytes]]:
+    """Read ``count`` frames with a plain blocking socket (no framing code under test)."""
+    buf, out = b"", []
+    while len(out) < count:
+        chunk = sock.recv(65536)
+        assert chunk, "the runner closed the connection"
+        buf += chunk
+        while len(buf) >= 8:
+            total, head_len = struct.unpack(">II", buf[:8])
+            if len(buf) < total + 4:
+                break
+            out.append((json.loads(buf[8:8 + head_len]), buf[8 + head_len:total + 4]))
+            buf = buf[total + 4:]
+    return out
+
+
+def test_frames_split_and_batched_on_the_socket(loaded: tuple[str, RunnerProc]) -> None:
+    """A frame written a byte at a time, and three frames in one write, are all answered."""
+    pings = [encode({"op": "ping", "id": i}) for i in range(1, 5)]
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(loaded[1].socket)
+        for byte in pings[0]:
+            sock.sendall(bytes([byte]))
+        assert [h["id"] for h, _ in _frames(sock, 1)] == [1]
+        sock.sendall(b"".join(pings[1:]))
+        answers = _frames(sock, 3)
+    assert sorted(h["id"] for h, _ in answers) == [2, 3, 4]
+    assert all(h["ok"] for h, _ in answers)
+
+
+def test_malformed_frame_drops_only_its_connection(loaded: tuple[str, RunnerProc]) -> None:
+    with socket.socket(socket.AF_UNIX) as bad:
+        bad.settimeout(10)
+        bad.connect(loaded[1].socket)
+        bad.sendall(struct.pack(">II", 10, 50) + b"0123456789")  # header longer than the frame
+        assert bad.recv(100) == b""
+    assert loaded[1].call("ping")[0]["ok"] is True

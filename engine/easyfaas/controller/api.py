@@ -17,7 +17,7 @@ from sanic.exceptions import SanicException
 
 from .. import funclog, token
 from ..errors import EasyFaaSError, FunctionNotFound, InvalidParameter, Unauthorized
-from .invoke import CallResult, checked_event, new_request_id
+from .invoke import CallResult, checked_event
 from .management import lambda_shape, peer_call, put_function
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ def _add_invoke_routes(app: Sanic, ctl: Controller) -> None:
         _require_token(ctl, request, always=False)
         payload = checked_event(request.body)
         qualifier = request.args.get("Qualifier") or "$LATEST"
-        request_id = request.headers.get("x-easyfaas-request-id") or new_request_id()
+        request_id = request.headers.get("x-easyfaas-request-id") or ctl.invoker.ids.new()
         invoke_type = request.headers.get("x-easyfaas-invoke-type", "common")
         if invoke_type == "event":
             inv_id = await ctl.queue.enqueue(name, qualifier, payload,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import orjson
 
 from .. import funclog
 from ..errors import InvalidRequestContent
+from ..requestid import RequestIds
 from .metrics import Metrics
 from .registry import Registry, Target
 from .sandboxes import FunctionFailed, Sandbox
@@ -54,10 +54,6 @@ class CallResult:
         return raw.decode("utf-8", "ignore")
 
 
-def new_request_id() -> str:
-    return str(uuid.uuid4())
-
-
 def checked_event(payload: bytes) -> bytes:
     """The event to send: empty means ``{}``; anything that is not JSON is refused."""
     if not payload.strip():
@@ -76,11 +72,12 @@ class Invoker:
         self.scheduler = scheduler
         self.metrics = metrics
         self.logs = logs
+        self.ids = RequestIds()  # made here, in the controller process, after the fork
 
     async def call(self, name: str, qualifier: str | None, payload: bytes,
                    request_id: str | None = None) -> CallResult:
         """Run one call; raises only platform errors (see the module docstring)."""
-        request_id = request_id or new_request_id()
+        request_id = request_id or self.ids.new()
         target = self.registry.resolve(name, qualifier)
         started = time.monotonic()
         try:
@@ -156,7 +153,7 @@ class FunctionLogWriter:
     """
 
     def __init__(self, state_dir: Path):
-        self.state_dir = state_dir
+        self._files = funclog.Appender(state_dir)
         self._records: list[tuple[str, str]] = []
 
     def record(self, target: Target, result: CallResult) -> None:
@@ -174,12 +171,16 @@ class FunctionLogWriter:
         batch, self._records = self._records, []
         self._write(batch)
 
+    def close(self) -> None:
+        self.flush()
+        self._files.close()
+
     def _write(self, batch: list[tuple[str, str]]) -> None:
         by_fn: dict[str, list[str]] = {}
         for name, text in batch:
             by_fn.setdefault(name, []).append(text)
         for name, texts in by_fn.items():
             try:
-                funclog.append(self.state_dir, name, "".join(texts))
+                self._files.append(name, "".join(texts))
             except OSError as e:
                 log.error("cannot write the function log fn=%s: %s", name, e)

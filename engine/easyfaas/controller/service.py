@@ -97,7 +97,7 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
             cfg.socket("controller").unlink()
         await _stop_tasks(background)
         await ctl.close()
-        ctl.logs.flush()
+        ctl.logs.close()
         log.info("controller stopped")
 
 

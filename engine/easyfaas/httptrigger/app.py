@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import uuid
 
 import orjson
 from sanic import Request, Sanic
@@ -12,6 +11,7 @@ from sanic.compat import Header
 from sanic.response import HTTPResponse
 
 from .. import errors, wire
+from ..requestid import RequestIds
 from . import mapping
 from .routes import MethodNotAllowed, RouteTable
 
@@ -56,7 +56,8 @@ def _request(request: Request, rid: str) -> mapping.HttpRequest:
         headers=list(request.headers.items()),
         query=request.get_query_args(keep_blank_values=True),
         body=request.body,
-        source_ip=request.remote_addr or request.ip,
+        # The peer's address: the trigger trusts no forwarding headers (none are configured).
+        source_ip=request.ip,
         request_id=rid,
     )
 
@@ -69,11 +70,12 @@ def build_app(table: RouteTable, controller: wire.Client) -> Sanic:
     """The trigger app over a live route table and the controller connection."""
     # Sanic keeps a process-wide registry of app names; a random suffix lets tests build many.
     app = Sanic("httptrigger-" + secrets.token_hex(4), configure_logging=False)
+    ids = RequestIds()
 
     async def handle(request: Request, path: str = "") -> HTTPResponse:
         if request.path == "/healthz" and request.method == "GET":
             return HTTPResponse(orjson.dumps({"status": "ok"}), content_type="application/json")
-        rid = request.headers.get("x-easyfaas-request-id") or str(uuid.uuid4())
+        rid = request.headers.get("x-easyfaas-request-id") or ids.new()
         try:
             match = table.match(request.method, request.path)
         except MethodNotAllowed as e:

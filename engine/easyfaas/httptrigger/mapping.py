@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from ..errors import EasyFaaSError
 
 # Content types whose bodies travel as text; everything else is base64 in the event.
@@ -122,9 +124,29 @@ def build_event(
     }
 
 
+def _dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # integers past 64 bits, which orjson refuses and JSON allows
+        return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _loads(payload: bytes, exact: bool = False) -> Any:
+    """Parse a result. orjson reads integers past 64 bits as floats and refuses ``NaN``; where
+    values are passed on (``exact``) or orjson refuses, the stdlib parser decides."""
+    if not exact:
+        try:
+            return orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            pass
+    try:
+        return json.loads(payload)
+    except ValueError as e:
+        raise BadFunctionResponse(f"result is not JSON: {e}") from e
+
+
 def _json_response(status: int, value: Any) -> HttpResponse:
-    body = json.dumps(value, separators=(",", ":")).encode()
-    return HttpResponse(status, [("content-type", "application/json")], body)
+    return HttpResponse(status, [("content-type", "application/json")], _dumps(value))
 
 
 def _proxy_body(result: dict[str, Any]) -> bytes:
@@ -133,7 +155,7 @@ def _proxy_body(result: dict[str, Any]) -> bytes:
         return b""
     if not isinstance(body, str):
         # Lenient: a handler that returns a dict as body means JSON.
-        return json.dumps(body, separators=(",", ":")).encode()
+        return _dumps(body)
     if not result.get("isBase64Encoded"):
         return body.encode("utf-8")
     try:
@@ -160,14 +182,14 @@ def _proxy_headers(result: dict[str, Any]) -> list[tuple[str, str]]:
 def map_result(payload: bytes) -> HttpResponse:
     """Turn a function's result (JSON bytes) into the HTTP response.
 
-    A dict with ``statusCode`` is a proxy response; any other JSON value is returned as 200 JSON.
+    A dict with ``statusCode`` is a proxy response; any other JSON value is returned as 200 JSON,
+    the function's own bytes.
     """
-    try:
-        result = json.loads(payload) if payload else None
-    except ValueError as e:
-        raise BadFunctionResponse(f"result is not JSON: {e}") from e
+    result = _loads(payload) if payload else None
     if not (isinstance(result, dict) and "statusCode" in result):
-        return _json_response(200, result)
+        return HttpResponse(200, [("content-type", "application/json")], payload or b"null")
+    if not isinstance(result.get("body"), (str, type(None))):
+        result = _loads(payload, exact=True)  # a JSON body to write out again
     status = result["statusCode"]
     if isinstance(status, str) and status.isdigit():
         status = int(status)
