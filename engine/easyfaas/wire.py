@@ -111,6 +111,8 @@ class _ClientProtocol(asyncio.Protocol):
     def __init__(self, path: str, pending: dict[int, asyncio.Future[tuple[Header, bytes]]]):
         self.path = path
         self.pending = pending
+        # Kept, not looked up per call: get_running_loop() is a getpid() syscall each time.
+        self.loop = asyncio.get_running_loop()
         self.frames = FrameBuffer()
         self.transport: asyncio.Transport | None = None
         self._can_write: asyncio.Future[None] | None = None
@@ -143,7 +145,7 @@ class _ClientProtocol(asyncio.Protocol):
             self._can_write.set_result(None)  # the call then fails with its future
 
     def pause_writing(self) -> None:
-        self._can_write = asyncio.get_running_loop().create_future()
+        self._can_write = self.loop.create_future()
 
     def resume_writing(self) -> None:
         if self._can_write is not None and not self._can_write.done():
@@ -198,7 +200,7 @@ class Client:
         ``timeout`` (seconds) raises ``TimeoutError``; the late answer is dropped."""
         protocol = self._protocol if self.connected else await self._connect()
         assert protocol is not None and protocol.transport is not None
-        loop = asyncio.get_running_loop()
+        loop = protocol.loop
         rid = next(self._ids)
         fut: asyncio.Future[tuple[Header, bytes]] = loop.create_future()
         pending = protocol.pending
@@ -268,6 +270,7 @@ class _ServerProtocol(asyncio.Protocol):
         self.frames = FrameBuffer()
         self.tasks: set[asyncio.Task[None]] = set()
         self.conn: Connection | None = None
+        self.loop = asyncio.get_running_loop()  # kept: a lookup per frame costs a syscall
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.conn = Connection(cast(asyncio.Transport, transport))
@@ -280,7 +283,7 @@ class _ServerProtocol(asyncio.Protocol):
             self.conn.close()  # not our protocol: drop this connection only
             return
         for header, payload in frames:
-            task = asyncio.get_running_loop().create_task(self._one(self.conn, header, payload))
+            task = self.loop.create_task(self._one(self.conn, header, payload))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
@@ -288,7 +291,7 @@ class _ServerProtocol(asyncio.Protocol):
         for task in self.tasks:
             task.cancel()
         if self.on_close is not None and self.conn is not None:
-            task = asyncio.get_running_loop().create_task(self.on_close(self.conn))
+            task = self.loop.create_task(self.on_close(self.conn))
             _closing.add(task)
             task.add_done_callback(_closing.discard)
 

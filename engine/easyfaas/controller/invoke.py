@@ -155,6 +155,7 @@ class FunctionLogWriter:
     def __init__(self, state_dir: Path):
         self._files = funclog.Appender(state_dir)
         self._records: list[tuple[str, str]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def record(self, target: Target, result: CallResult) -> None:
         rid = result.request_id
@@ -164,7 +165,9 @@ class FunctionLogWriter:
                 f"REPORT RequestId: {rid} Duration: {result.exectime_ms:.2f} ms "
                 f"Memory Size: {target.memory} MB\n")
         if not self._records:
-            asyncio.get_running_loop().call_soon(self.flush)
+            if self._loop is None:  # kept: get_running_loop() is a getpid() syscall per call
+                self._loop = asyncio.get_running_loop()
+            self._loop.call_soon(self.flush)
         self._records.append((target.name, text))
 
     def flush(self) -> None:
