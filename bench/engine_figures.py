@@ -78,7 +78,11 @@ def known_cold_start(figs: Figures, eng: Engine, plan: Plan, key: str, pool: int
 
 
 def _no_warm(eng: Engine, name: str) -> bool:
-    return not any(sb["function"] == name for sb in eng.runtimes()["sandboxes"])
+    """No sandbox of ``name`` left, in the controller nor still being torn down in the funclet:
+    the expired sandbox's teardown would otherwise share the CPU with the cold start measured."""
+    runtimes = eng.runtimes()
+    return (not any(sb["function"] == name for sb in runtimes["sandboxes"])
+            and all(sb["state"] == "cold" for sb in runtimes["funclet"]["sandboxes"]))
 
 
 def async_enqueue(figs: Figures, eng: Engine, plan: Plan) -> None:

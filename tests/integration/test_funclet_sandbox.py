@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from _funclet_helpers import invoke, load, make_cfg, make_snapshot, running, state_dir
 
@@ -234,5 +236,34 @@ def test_setup_failure_refuses_the_sandbox() -> None:
                 assert status["sandboxes"] == []
                 groups = Path("/sys/fs/cgroup/memory", cfg.instance_id).iterdir()
                 assert [g for g in groups if g.is_dir()] == []
+
+    _run(scenario())
+
+
+def test_each_sandbox_init_gets_its_own_pid_namespace_and_the_zygote_keeps_its_own() -> None:
+    """The zygote unshares a pid namespace for each fork and points itself back afterwards: a
+    slip would put the next sandbox in the previous one's namespace, or the zygote in one."""
+
+    def ns(pid: int, kind: str) -> str:
+        return os.readlink(f"/proc/{pid}/ns/{kind}")
+
+    async def scenario() -> None:
+        with state_dir() as st:
+            cfg = make_cfg(st, pool_size=0)
+            snap = make_snapshot(cfg, {"index.py": "def handler(e, c):\n    return 1\n"})
+            async with running(cfg) as funclet:
+                inits = []
+                for label in ("a@1", "b@1"):
+                    head, _ = await funclet.call("acquire", runtime="python3", memory=64,
+                                                 code=snap, label=label)
+                    inits.append(int(head["sandbox"]["pid"]))
+                zygotes = [p.pid for p in psutil.Process().children()
+                           if any("zygote.py" in arg for arg in p.cmdline())]
+                assert len(zygotes) == 1, zygotes
+                own = ns(os.getpid(), "pid")
+                assert ns(zygotes[0], "pid") == own
+                assert ns(zygotes[0], "pid_for_children") == own
+                init_ns = [ns(pid, "pid") for pid in inits]
+                assert len(set(init_ns)) == 2 and own not in init_ns
 
     _run(scenario())

@@ -28,17 +28,19 @@ def _index(ops: list[plan.Op], kind: str) -> int:
 def test_order_is_the_security_argument() -> None:
     ops = plan.build(SPEC)
     kinds = _kinds(ops)
-    assert kinds[:3] == ["join_cgroup", "unshare", "fork_init"]
+    assert kinds[:3] == ["join_cgroup", "unshare", "mount"]
     assert kinds[-4:] == ["hostname", "link_up", "drop_privileges", "start_runner"]
     assert _index(ops, "pivot_root") < _index(ops, "drop_privileges")
     unshare = ops[1]
     assert isinstance(unshare, plan.Unshare)
-    assert set(unshare.namespaces) == {"mount", "pid", "ipc", "uts", "net", "cgroup"}
+    # The pid namespace is not unshared: the plan runs in a child forked into a new one.
+    assert set(unshare.namespaces) == {"mount", "ipc", "uts", "net", "cgroup"}
+    assert set(plan.UNSHARED) | {"pid"} == set(plan.NAMESPACES)
 
 
 def test_systemd_scope_is_joined_by_waiting_for_attach_first() -> None:
     ops = plan.build(replace(SPEC, cgroup_procs=[], attach_scope="/i-sb.scope"))
-    assert _kinds(ops)[:3] == ["await_attach", "unshare", "fork_init"]
+    assert _kinds(ops)[:3] == ["await_attach", "unshare", "mount"]
     assert "join_cgroup" not in _kinds(ops)
     attach = ops[0]
     assert isinstance(attach, plan.AwaitAttach) and attach.scope == "/i-sb.scope"
@@ -102,5 +104,5 @@ def test_plan_prints_and_travels_as_json() -> None:
     assert text.splitlines()[0].startswith(" 1. join_cgroup procs=")
     wire = json.loads(json.dumps([op.to_wire() for op in ops]))
     assert wire[1] == {"op": "unshare", "describe": ops[1].describe(),
-                       "namespaces": plan.NAMESPACES}
+                       "namespaces": plan.UNSHARED}
     assert plan.runtimes_dir().name == "runtimes"

@@ -1,10 +1,10 @@
 """Apply a sandbox plan inside the forked child (STDLIB ONLY: runs under ``python3 -I -S``).
 
 The funclet builds the plan (``plan.py``) and sends it to the zygote as a list of JSON ops; the
-zygote forks and calls ``run_plan`` in the child. Ops run in order; ``fork_init`` splits the
-child into a parent that reports the init's host pid and exits, and the init (PID 1 of the new
-pid namespace) that carries on. Any failure writes ``setup failed: ...`` to the ready pipe and
-exits non-zero, so a sandbox whose isolation is incomplete never starts (fail closed).
+zygote forks the child straight into a new pid namespace (``fork_in_new_pid_namespace``), so the
+child is the sandbox's init (PID 1), and calls ``run_plan`` in it. Ops run in order; the child
+tells the zygote once it is in its cgroup. Any failure writes ``setup failed: ...`` to the ready
+pipe and exits non-zero, so a sandbox whose isolation is incomplete never starts (fail closed).
 """
 
 from __future__ import annotations
@@ -87,6 +87,29 @@ def unshare(namespaces: list[str]) -> None:
     _check(_libc.unshare(bits), "unshare " + ",".join(namespaces))
 
 
+def fork_in_new_pid_namespace(own_pid_ns: int) -> int:
+    """``os.fork()`` whose child is PID 1 of a new pid namespace; this process stays in its own.
+
+    One fork instead of two (unshare, then fork the init from a child): each fork of a Python
+    process costs milliseconds of a cold start. ``own_pid_ns`` is an fd of the caller's
+    ``/proc/self/ns/pid``, to point later children back at it.
+    """
+    unshare(["pid"])
+    try:
+        pid = os.fork()
+    except BaseException:
+        _check(_libc.setns(own_pid_ns, CLONE["pid"]), "setns pid")
+        raise
+    if pid:
+        _check(_libc.setns(own_pid_ns, CLONE["pid"]), "setns pid")
+    return pid
+
+
+def _host_pid() -> int:
+    # /proc is still the host's here (before pivot_root): "self" resolves in its namespace.
+    return int(os.readlink("/proc/self"))
+
+
 def _pivot_root(new_root: str) -> None:
     old = new_root + "/.oldroot"
     os.makedirs(old, exist_ok=True)
@@ -122,20 +145,21 @@ def _drop_privileges(uid: int, gid: int) -> None:
         raise OSError("still root after setresuid")
 
 
-def _join_cgroup(procs_files: list[str]) -> None:
+def _join_cgroup(ctx: Context, procs_files: list[str]) -> None:
     # "0" is the writing task itself. On cgroup v1 ``tasks`` files that moves just this (single)
     # thread without the kernel's global threadgroup lock, whose RCU grace period cost ~12 ms
     # per sandbox when writing a pid to ``cgroup.procs`` (docs/performance.md).
     for path in procs_files:
         with open(path, "w") as f:
             f.write("0")
+    ctx.joined()
 
 
 def _await_attach(ctx: Context, scope: str) -> None:
     """Tell the funclet our pid, wait for its go-ahead, then see for ourselves (fail closed)."""
     if ctx.attach_fd < 0:
         raise OSError("no attach channel to the funclet")
-    os.write(ctx.attach_fd, f"{os.getpid()}\n".encode())
+    os.write(ctx.attach_fd, f"{_host_pid()}\n".encode())
     answer = os.read(ctx.attach_fd, 1)
     os.close(ctx.attach_fd)
     ctx.attach_fd = -1
@@ -144,6 +168,7 @@ def _await_attach(ctx: Context, scope: str) -> None:
     with open("/proc/self/cgroup") as f:
         if not any(line.startswith("0::") and line.rstrip("\n").endswith(scope) for line in f):
             raise OSError(f"not in scope {scope} after attach")
+    ctx.joined()
 
 
 def _write_file(path: str, content: str, mode: int) -> None:
@@ -171,21 +196,18 @@ def _close_fds(keep: list[int]) -> None:
 class Context:
     """What the ops share while a plan runs: the pipes to the zygote/funclet."""
 
-    def __init__(self, ready_fd: int, info_fd: int, serve: Callable[[dict[str, Any], int], None],
-                 attach_fd: int = -1):
+    def __init__(self, ready_fd: int, joined_fd: int,
+                 serve: Callable[[dict[str, Any], int], None], attach_fd: int = -1):
         self.ready_fd = ready_fd
-        self.info_fd = info_fd
+        self.joined_fd = joined_fd
         self.serve = serve
         self.attach_fd = attach_fd
 
-
-def _fork_init(ctx: Context) -> None:
-    pid = os.fork()
-    if pid:
-        os.write(ctx.info_fd, str(pid).encode())
-        os._exit(0)
-    os.close(ctx.info_fd)
-    ctx.info_fd = -1
+    def joined(self) -> None:
+        """In the cgroup now: the zygote, waiting for this pipe to close, may answer the funclet
+        (whose teardown, by cgroup, can no longer miss this process)."""
+        os.close(self.joined_fd)
+        self.joined_fd = -1
 
 
 def _start_runner(ctx: Context, op: dict[str, Any]) -> None:
@@ -212,10 +234,9 @@ def _mkdir(path: str, mode: int) -> None:
 
 Op = dict[str, Any]
 _OPS: dict[str, Callable[[Context, Op], None]] = {
-    "join_cgroup": lambda ctx, op: _join_cgroup(op["procs"]),
+    "join_cgroup": lambda ctx, op: _join_cgroup(ctx, op["procs"]),
     "await_attach": lambda ctx, op: _await_attach(ctx, op["scope"]),
     "unshare": lambda ctx, op: unshare(op["namespaces"]),
-    "fork_init": lambda ctx, op: _fork_init(ctx),
     "mount": lambda ctx, op: mount(op["src"], op["dst"], op["fstype"], op["flags"], op["data"]),
     "mkdir": lambda ctx, op: _mkdir(op["path"], op["mode"]),
     "symlink": lambda ctx, op: os.symlink(op["target"], op["path"]),
@@ -236,14 +257,14 @@ def apply(ctx: Context, op: Op) -> None:
     action(ctx, op)
 
 
-def run_plan(plan: list[dict[str, Any]], ready_fd: int, info_fd: int,
+def run_plan(plan: list[dict[str, Any]], ready_fd: int, joined_fd: int,
              serve: Callable[[dict[str, Any], int], None], attach_fd: int = -1) -> None:
-    """Run in the zygote's forked child; never returns."""
+    """Run in the zygote's forked child, the sandbox's init; never returns."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # The sandbox must not inherit the funclet's umask (0027 under systemd): the parent dirs
     # makedirs creates in the sandbox root (/run, /var) would be closed to the sandbox uid.
     os.umask(0o022)
-    ctx = Context(ready_fd, info_fd, serve, attach_fd)
+    ctx = Context(ready_fd, joined_fd, serve, attach_fd)
     step = "start"
     try:
         for op in plan:

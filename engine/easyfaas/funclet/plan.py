@@ -2,8 +2,9 @@
 
 The plan is data, so it can be printed (``describe``), checked by unit tests without root, and
 sent to the zygote as JSON. Order matters and is the security argument: join the cgroup, then
-unshare, then become PID 1 of the new pid namespace, then build and enter the new root, then
-drop privileges, and only then start the runner.
+unshare, then build and enter the new root, then drop privileges, and only then start the runner.
+The plan runs in the sandbox's init, which the zygote forks as PID 1 of a new pid namespace
+(``nsinit.fork_in_new_pid_namespace``): the pid namespace is the one the plan does not unshare.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, ClassVar
 from ..errors import SandboxError
 
 NAMESPACES = ["mount", "pid", "ipc", "uts", "net", "cgroup"]
+UNSHARED = [ns for ns in NAMESPACES if ns != "pid"]  # the pid namespace comes with the fork
 SANDBOX_SOCKET = "/run/sandbox/runner.sock"
 TASK_DIR = "/var/task"
 RUNTIME_DIR = "/var/runtime"
@@ -71,11 +73,6 @@ class AwaitAttach(Op):
 class Unshare(Op):
     kind = "unshare"
     namespaces: list[str]
-
-
-@dataclass(frozen=True)
-class ForkInit(Op):
-    kind = "fork_init"
 
 
 @dataclass(frozen=True)
@@ -249,8 +246,7 @@ def build(spec: SandboxSpec) -> list[Op]:
         raise SandboxError("sandbox plan needs a cgroup: procs files to join or a scope")
     ops: list[Op] = [
         join,
-        Unshare(list(NAMESPACES)),
-        ForkInit(),
+        Unshare(list(UNSHARED)),
         Mount(None, "/", None, ["rec", "slave"]),
     ]
     ops += _root_tree(spec)

@@ -6,13 +6,14 @@ runner already in memory (the SOCK design: a cold start is "bind code + import h
 
 Requests use the engine's framing (``u32 total | u32 header length | JSON header``) with
 ``json``. ``spawn`` carries the sandbox plan and, as SCM_RIGHTS, the write end of the sandbox's
-ready pipe; the reply carries the host pid of the sandbox's init (0 if setup failed before it
-existed — the reason is then on the ready pipe).
+ready pipe; the reply carries the host pid of the sandbox's init, sent once the init is in its
+cgroup or dead (a setup failure's reason is on the ready pipe).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import os
@@ -72,6 +73,7 @@ class Zygote:
     def __init__(self, sock: socket.socket, runner: ModuleType):
         self.sock = sock
         self.runner = runner
+        self.pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
 
     def serve_runner(self, op: dict[str, Any], ready_fd: int) -> None:
         """In the sandbox's runner process, after setup: become the runtime."""
@@ -83,19 +85,22 @@ class Zygote:
         os.execv(argv[0], argv)
 
     def spawn(self, req: dict[str, Any], ready_fd: int, attach_fd: int) -> dict[str, Any]:
-        info_r, info_w = os.pipe()
-        pid = os.fork()
+        joined_r, joined_w = os.pipe()
+        try:
+            pid = nsinit.fork_in_new_pid_namespace(self.pid_ns)
+        except OSError:
+            os.close(joined_r)
+            os.close(joined_w)
+            raise
         if pid == 0:
             self.sock.close()
-            os.close(info_r)
-            nsinit.run_plan(req["plan"], ready_fd, info_w, self.serve_runner, attach_fd)
-        os.close(info_w)
-        os.close(ready_fd)
-        if attach_fd >= 0:
-            os.close(attach_fd)
-        with os.fdopen(info_r, "rb") as f:
-            data = f.read()
-        return {"pid": int(data) if data else 0}
+            os.close(self.pid_ns)
+            os.close(joined_r)
+            nsinit.run_plan(req["plan"], ready_fd, joined_w, self.serve_runner, attach_fd)
+        os.close(joined_w)
+        with os.fdopen(joined_r, "rb") as f:
+            f.read()  # the end of file: the child is in its cgroup, or gone
+        return {"pid": pid}
 
     def loop(self) -> None:
         while True:
@@ -110,8 +115,14 @@ class Zygote:
                 send_reply(self.sock, {"id": req.get("id"), "ok": False,
                                        "error": {"message": "bad zygote request"}})
                 continue
-            reply = self.spawn(req, fds[0], fds[1] if len(fds) == 2 else -1)
-            send_reply(self.sock, {"id": req.get("id"), "ok": True, **reply})
+            try:
+                reply = {"ok": True, **self.spawn(req, fds[0], fds[1] if len(fds) == 2 else -1)}
+            except OSError as e:  # no fork, or no namespace: this sandbox fails, not the zygote
+                reply = {"ok": False, "error": {"message": f"cannot fork the sandbox: {e}"}}
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            send_reply(self.sock, {"id": req.get("id"), **reply})
 
 
 def load_runner(path: str) -> ModuleType:
@@ -137,6 +148,9 @@ def main() -> None:
     sock = socket.socket(fileno=args.fd)
     runner = load_runner(args.runner)
     runner.warm_up()
+    # Out of the collector's reach: a full collection in a sandbox would otherwise write to
+    # every object inherited from here, copying each of those pages into the sandbox.
+    gc.freeze()
     Zygote(sock, runner).loop()
 
 
