@@ -86,6 +86,30 @@ async def test_max_instances_makes_calls_wait_for_a_free_slot() -> None:
 
 
 @run
+async def test_a_caller_that_leaves_the_queue_gives_back_nothing_and_loses_nothing() -> None:
+    async with scheduler(max_instances=1) as (s, _):
+        t = target("a")
+        first = await s.acquire(t)
+        # Cancelled while queued: it just leaves the queue.
+        waiting = asyncio.ensure_future(s.acquire(t))
+        await wait_for(lambda: len(s._queues["a"]) == 1)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert len(s._queues["a"]) == 0
+        # Cancelled after the slot was handed over, before it ran: the slot comes back.
+        waiting = asyncio.ensure_future(s.acquire(t))
+        await wait_for(lambda: len(s._queues["a"]) == 1)
+        s.release(first)
+        assert len(s._queues["a"]) == 0 and first.inflight == 1  # handed to the waiter
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert first.inflight == 0
+        assert await asyncio.wait_for(s.acquire(t), 2) is first
+
+
+@run
 async def test_full_queue_is_refused_with_429() -> None:
     async with scheduler(queue_size=1, max_instances=1) as (s, _):
         t = target("a")

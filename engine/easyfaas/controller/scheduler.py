@@ -28,10 +28,15 @@ ACQUIRE_TIMEOUT_S = 30.0
 
 
 class _Waiter:
-    __slots__ = ("event",)
+    """A queued call. ``fut`` gets its slot (a ``Sandbox``, or ``True``: a cold start reserved for
+    it) when capacity frees up, or the error that ends its wait."""
 
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
+    __slots__ = ("target", "fut", "timer")
+
+    def __init__(self, target: Target, fut: asyncio.Future[Sandbox | bool]):
+        self.target = target
+        self.fut = fut
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class Scheduler:
@@ -46,6 +51,8 @@ class Scheduler:
         self._queues: dict[str, deque[_Waiter]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._kicking = False
+        self._kick_again = False
 
     # -- taking and giving back a slot ----------------------------------------------------------
 
@@ -69,34 +76,43 @@ class Scheduler:
         return await self._wait_in_queue(target, queue)
 
     async def _wait_in_queue(self, target: Target, queue: deque[_Waiter]) -> Sandbox:
+        """Queue until ``_kick`` hands this call a slot. A handover rather than a wake-up to try
+        again: under load most calls wait here, and each retry cost a task and a timer."""
         if len(queue) >= self.cfg.scheduler.queue_size:
             raise TooManyRequests(f"no capacity for {target.name}: its wait queue is full")
-        waiter = _Waiter()
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(target, loop.create_future())
+        waiter.timer = loop.call_later(self.cfg.scheduler.queue_timeout_s, self._expire,
+                                       queue, waiter)
         queue.append(waiter)
         started = time.monotonic()
-        deadline = started + self.cfg.scheduler.queue_timeout_s
         try:
-            while True:
-                if queue[0] is waiter:
-                    got = self._take(target)
-                    if got is not None:
-                        break
-                remaining = deadline - time.monotonic()
-                waiter.event.clear()
-                try:
-                    await asyncio.wait_for(waiter.event.wait(), max(remaining, 0))
-                except TimeoutError:
-                    raise TooManyRequests(
-                        f"no capacity for {target.name} within "
-                        f"{self.cfg.scheduler.queue_timeout_s:g}s") from None
-                if self._closing:
-                    raise ServiceUnavailable("the controller is shutting down")
+            got = await waiter.fut
+        except asyncio.CancelledError:
+            self._abandon(queue, waiter)
+            raise
         finally:
-            queue.remove(waiter)
-            if queue:
-                queue[0].event.set()
+            waiter.timer.cancel()
         self.metrics.observe("queue_wait", target.name, time.monotonic() - started)
         return got if isinstance(got, Sandbox) else await self._cold_start(target)
+
+    def _expire(self, queue: deque[_Waiter], waiter: _Waiter) -> None:
+        if not waiter.fut.done():
+            queue.remove(waiter)
+            waiter.fut.set_exception(TooManyRequests(
+                f"no capacity for {waiter.target.name} within "
+                f"{self.cfg.scheduler.queue_timeout_s:g}s"))
+
+    def _abandon(self, queue: deque[_Waiter], waiter: _Waiter) -> None:
+        """The queued caller went away: leave the queue, or give back the slot it was handed."""
+        if waiter in queue:  # still waiting (its future was cancelled along with the caller)
+            queue.remove(waiter)
+        elif not waiter.fut.cancelled() and waiter.fut.exception() is None:
+            got = waiter.fut.result()
+            if isinstance(got, Sandbox):
+                self.release(got)
+            else:
+                self._unreserve(waiter.target)
 
     def _take(self, target: Target) -> Sandbox | bool | None:
         """Take a warm slot (the sandbox), reserve a cold start (``True``), or ``None``."""
@@ -149,10 +165,38 @@ class Scheduler:
         self._kick()
 
     def _kick(self) -> None:
-        """Let the head of every wait queue look again: capacity may have changed."""
-        for queue in self._queues.values():
-            if queue:
-                queue[0].event.set()
+        """Capacity may have changed: hand slots to the heads of the wait queues, in order.
+
+        Taking a slot can evict a sandbox, which kicks again: that nested kick only asks this
+        one for another round, so a queue's head is never handed two slots."""
+        if self._kicking:
+            self._kick_again = True
+            return
+        self._kicking = True
+        try:
+            self._kick_again = True
+            while self._kick_again:
+                self._kick_again = False
+                for queue in self._queues.values():
+                    self._serve_queue(queue)
+        finally:
+            self._kicking = False
+
+    def _serve_queue(self, queue: deque[_Waiter]) -> None:
+        while queue:
+            head = queue[0]
+            if head.fut.done():  # cancelled with its caller, which leaves the queue next
+                queue.popleft()
+                continue
+            if self._closing:
+                queue.popleft()
+                head.fut.set_exception(ServiceUnavailable("the controller is shutting down"))
+                continue
+            got = self._take(head.target)
+            if got is None:
+                return
+            queue.popleft()
+            head.fut.set_result(got)
 
     # -- cold start -----------------------------------------------------------------------------
 
