@@ -33,7 +33,9 @@ def run(url: str, connections: int, seconds: int, cpus: str | None,
         output = (proc.stderr or proc.stdout).strip()[-300:]
         raise RuntimeError(f"wrk exited with {proc.returncode}: {output}")
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    if summary["errors"] or not summary["requests"]:
+    if not summary["requests"]:
+        raise RuntimeError(f"wrk against {url}: no request completed within {seconds}s")
+    if summary["errors"]:
         raise RuntimeError(f"wrk against {url}: {summary['errors']} failed requests "
                            f"of {summary['requests']}")
     return Load(rps=summary["requests"] / (summary["duration_us"] / 1e6),
