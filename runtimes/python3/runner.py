@@ -7,383 +7,56 @@ run on a set of reused worker threads, several in flight at once. Everything an 
 is captured into that invocation's ``log``.
 
 The funclet's zygote imports this module once and forks it per sandbox, then calls ``serve``.
-Importing therefore has no side effects; ``asyncio`` is imported only for async handlers.
+Importing it loads its two parts beside it (``_easyfaas_logs``: log capture,
+``_easyfaas_runtimes``: the python3 and shell runtimes) and has no other side effects;
+``asyncio`` is imported only for async handlers.
 """
 
 from __future__ import annotations
 
-import codecs
-import contextvars
-import importlib
-import io
+import importlib.util
 import json
 import os
 import queue
-import select
-import signal
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
-import traceback
 import types
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+
+def _sibling(name: str) -> types.ModuleType:
+    """A module of the runner's, by its path beside this file: ``python3 -I`` puts no script
+    dir on ``sys.path``, and the zygote loads this file by path too. The names start with
+    ``_easyfaas_`` so that no function's own module can be mistaken for them."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_logs = _sibling("_easyfaas_logs")
+_runtimes = _sibling("_easyfaas_runtimes")
+LogBuffer, LogRouter, FdCapture = _logs.LogBuffer, _logs.LogRouter, _logs.FdCapture
+RunnerError, Function, Context = _runtimes.RunnerError, _runtimes.Function, _runtimes.Context
+PythonRuntime, ShellRuntime = _runtimes.PythonRuntime, _runtimes.ShellRuntime
+parse_event, dump_result = _runtimes.parse_event, _runtimes.dump_result
+Runtime = _runtimes.Runtime
+
 MAX_FRAME = 64 * 1024 * 1024  # same cap as engine/easyfaas/wire.py
-LOG_CAP = 64 * 1024  # a call's log keeps its last 64 KiB
 _HEAD = struct.Struct(">II")
 
 Header = dict[str, Any]
 
 # Made once: ``json.dumps`` with options builds a new encoder on every call.
-_RESULT_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
 _HEADER_JSON = json.JSONEncoder(ensure_ascii=False)
-
-
-class RunnerError(Exception):
-    """An error answered as ``{"errorType", "errorMessage", "stackTrace"?}``."""
-
-    def __init__(self, error_type: str, message: str, stack: list[str] | None = None):
-        super().__init__(message)
-        self.error_type = error_type
-        self.stack = stack
-
-    def to_wire(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"errorType": self.error_type, "errorMessage": str(self)}
-        if self.stack is not None:
-            out["stackTrace"] = self.stack
-        return out
-
-
-def _user_error(e: BaseException, skip_frames: int = 0) -> RunnerError:
-    """The error of a user's exception, its traceback without the runner's own frames."""
-    frames = traceback.extract_tb(e.__traceback__)[skip_frames:]
-    return RunnerError(type(e).__name__, str(e), traceback.format_list(frames))
-
-
-# ---- log capture -------------------------------------------------------------------------------
-
-
-class LogBuffer:
-    """One call's output, capped to its last ``LOG_CAP`` characters (thread-safe)."""
-
-    def __init__(self) -> None:
-        self._parts: deque[str] = deque()
-        self._size = 0
-        self._truncated = False
-        self._lock = threading.Lock()
-
-    def write(self, text: str) -> None:
-        with self._lock:
-            self._parts.append(text)
-            self._size += len(text)
-            while self._size > LOG_CAP and len(self._parts) > 1:
-                self._size -= len(self._parts.popleft())
-                self._truncated = True
-
-    def text(self) -> str:
-        with self._lock:
-            text = "".join(self._parts)
-        if self._truncated or len(text) > LOG_CAP:
-            return "[log truncated: only the last 64 KiB are kept]\n" + text[-LOG_CAP:]
-        return text
-
-
-# The log of the invocation running in this thread (or asyncio task); None outside of calls.
-_current_log: contextvars.ContextVar[LogBuffer | None] = contextvars.ContextVar(
-    "easyfaas_log", default=None
-)
-
-
-class LogRouter(io.TextIOBase):
-    """Stands in for ``sys.stdout``/``sys.stderr``: text goes to the calling invocation's log.
-
-    Output from outside any invocation (the runner itself, threads a handler started) goes to
-    the sandbox's own output.
-    """
-
-    encoding = "utf-8"  # type: ignore[assignment]
-    errors = "replace"  # type: ignore[assignment]
-
-    def __init__(self, fd: int, fallback_fd: int):
-        super().__init__()
-        self._fd = fd
-        self._fallback_fd = fallback_fd
-
-    def writable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def isatty(self) -> bool:
-        return False
-
-    def write(self, text: str) -> int:
-        log = _current_log.get()
-        if log is not None:
-            log.write(text)
-        else:
-            _write_fallback(self._fallback_fd, text.encode("utf-8", "replace"))
-        return len(text)
-
-
-def _write_fallback(fd: int, data: bytes) -> None:
-    try:
-        os.write(fd, data)
-    except OSError:
-        pass  # the sandbox's own output is gone; dropping beats blocking the function
-
-
-class FdCapture:
-    """Routes fds 1 and 2 through a pipe so subprocess and C-level output is captured too.
-
-    A file descriptor cannot tell which thread wrote to it, so pipe output goes to the single
-    in-flight invocation, or to the sandbox's own stderr when none or several are running.
-    """
-
-    def __init__(self) -> None:
-        self.fallback_fd = os.dup(2)
-        self._read_fd, write_fd = os.pipe()
-        os.dup2(write_fd, 1)
-        os.dup2(write_fd, 2)
-        os.close(write_fd)
-        os.set_blocking(self._read_fd, False)
-        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._inflight: list[LogBuffer] = []
-        self._lock = threading.Lock()
-
-    def start(self) -> None:
-        """Collect output written between calls too (calls drain the pipe themselves)."""
-        threading.Thread(target=self._pump, name="fd-capture", daemon=True).start()
-
-    def begin(self, log: LogBuffer) -> None:
-        self.drain()  # earlier output belongs to whoever ran before
-        with self._lock:
-            self._inflight.append(log)
-
-    def end(self, log: LogBuffer) -> None:
-        # Whatever the call's finished subprocesses wrote is in the pipe by now: collect it.
-        self.drain()
-        with self._lock:
-            self._inflight.remove(log)
-
-    def drain(self) -> bool:
-        """Move what the pipe holds to its owner; False once nobody can write to it any more."""
-        with self._lock:
-            while True:
-                try:
-                    chunk = os.read(self._read_fd, 65536)
-                except BlockingIOError:
-                    return True
-                if not chunk:
-                    return False  # the function closed fds 1 and 2
-                if len(self._inflight) == 1:
-                    self._inflight[0].write(self._decoder.decode(chunk))
-                else:
-                    _write_fallback(self.fallback_fd, chunk)
-
-    def _pump(self) -> None:
-        poller = select.poll()
-        poller.register(self._read_fd, select.POLLIN)
-        while True:
-            poller.poll()
-            if not self.drain():
-                return
-
-
-# ---- runtimes ----------------------------------------------------------------------------------
-
-
-class Function:
-    """The ``function`` of a ``load`` request, checked."""
-
-    def __init__(self, spec: Any):
-        if not isinstance(spec, dict):
-            raise RunnerError("Runtime.BadRequest", "load needs a 'function' object")
-        self.name = _field(spec, "name", str)
-        self.version = str(_field(spec, "version", (int, str)))
-        self.handler = _field(spec, "handler", str)
-        self.memory = _field(spec, "memory", int)
-        self.timeout = float(_field(spec, "timeout", (int, float)))
-        concurrency = spec.get("concurrency", 1)
-        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
-            raise RunnerError("Runtime.BadRequest", "function.concurrency must be an integer >= 1")
-        self.concurrency = concurrency
-        env = spec.get("env") or {}
-        if not isinstance(env, dict) or not all(
-            isinstance(k, str) and k and "=" not in k and isinstance(v, str) for k, v in env.items()
-        ):
-            raise RunnerError("Runtime.BadRequest", "function.env must map names to strings")
-        self.env: dict[str, str] = {
-            **env,
-            "EASYFAAS_FUNCTION_NAME": self.name,
-            "EASYFAAS_FUNCTION_VERSION": self.version,
-            "EASYFAAS_FUNCTION_MEMORY_SIZE": str(self.memory),
-        }
-
-
-def _field(spec: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
-    value = spec.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise RunnerError("Runtime.BadRequest", f"function.{key} is missing or has the wrong type")
-    return value
-
-
-class Context:
-    """The handler's ``context`` argument (Lambda-compatible names)."""
-
-    def __init__(self, request_id: str, deadline_ms: float, function: Function):
-        self.request_id = self.aws_request_id = request_id
-        self.function_name = function.name
-        self.function_version = function.version
-        self.memory_limit_in_mb = function.memory
-        self._deadline_ms = deadline_ms
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int(self._deadline_ms - time.time() * 1000))
-
-
-def parse_event(payload: bytes) -> Any:
-    if not payload.strip():
-        return {}
-    try:
-        return json.loads(payload)
-    except ValueError as e:
-        raise RunnerError("Runtime.InvalidEvent", f"the event is not valid JSON: {e}") from None
-
-
-def dump_result(result: Any) -> bytes:
-    try:
-        return _RESULT_JSON.encode(result).encode()
-    except (TypeError, ValueError) as e:
-        raise RunnerError(
-            "Runtime.ResultSerializationError", f"the handler's result is not JSON: {e}"
-        ) from None
-
-
-class PythonRuntime:
-    """Imports ``module.func`` from the task dir and calls it once per invocation."""
-
-    def __init__(self, task_dir: str):
-        self.task_dir = task_dir
-        self.handler: Callable[..., Any] | None = None
-
-    def load(self, function: Function) -> None:
-        module_name, _, func_name = function.handler.rpartition(".")
-        if not module_name or not func_name:
-            raise RunnerError(
-                "Runtime.MalformedHandlerName",
-                f"Bad handler '{function.handler}': expected 'module.function'",
-            )
-        os.environ.update(function.env)
-        sys.path.insert(0, self.task_dir)
-        os.chdir(self.task_dir)
-        module = _import(module_name)
-        handler = getattr(module, func_name, None)
-        if not callable(handler):
-            raise RunnerError(
-                "Runtime.HandlerNotFound",
-                f"Handler '{func_name}' missing on module '{module_name}'",
-            )
-        self.handler = handler
-
-    def invoke(self, context: Context, payload: bytes, log: LogBuffer) -> bytes:
-        assert self.handler is not None
-        event = parse_event(payload)
-        try:
-            result = self.handler(event, context)
-            if isinstance(result, types.CoroutineType):
-                import asyncio
-
-                result = asyncio.run(result)
-        except (Exception, SystemExit) as e:
-            raise _user_error(e, skip_frames=1) from None
-        return dump_result(result)
-
-
-def _import(module_name: str) -> types.ModuleType:
-    try:
-        return importlib.import_module(module_name)
-    except SyntaxError as e:
-        raise RunnerError(
-            "Runtime.UserCodeSyntaxError", f"Syntax error in module '{module_name}': {e}"
-        ) from None
-    except ImportError as e:
-        raise RunnerError(
-            "Runtime.ImportModuleError", f"Unable to import module '{module_name}': {e}"
-        ) from None
-    except (Exception, SystemExit) as e:
-        err = _user_error(e)
-        raise RunnerError(
-            "Runtime.ImportModuleError",
-            f"Unable to import module '{module_name}': {type(e).__name__}: {e}",
-            err.stack,
-        ) from None
-
-
-class ShellRuntime:
-    """Runs ``task_dir/bootstrap`` per invocation: event on stdin, result on stdout."""
-
-    def __init__(self, task_dir: str):
-        self.task_dir = task_dir
-        self.bootstrap = os.path.join(task_dir, "bootstrap")
-        self.env: dict[str, str] | None = None
-
-    def load(self, function: Function) -> None:
-        if not os.path.isfile(self.bootstrap) or not os.access(self.bootstrap, os.X_OK):
-            raise RunnerError(
-                "Runtime.InvalidEntrypoint",
-                "the shell runtime needs an executable file 'bootstrap' in the function's code",
-            )
-        self.env = {**os.environ, **function.env}
-
-    def invoke(self, context: Context, payload: bytes, log: LogBuffer) -> bytes:
-        assert self.env is not None
-        event = json.dumps(parse_event(payload), ensure_ascii=False).encode()
-        env = {**self.env, "EASYFAAS_REQUEST_ID": context.request_id}
-        # A session of its own, so a deadline kills everything the script started.
-        proc = subprocess.Popen(
-            [self.bootstrap], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, cwd=self.task_dir, env=env, start_new_session=True,
-        )  # fmt: skip
-        timeout = context.get_remaining_time_in_millis() / 1000
-        try:
-            out, err = proc.communicate(event, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-            log.write(err.decode("utf-8", "replace"))
-            raise RunnerError("Runtime.Timeout", "bootstrap was killed at the deadline") from None
-        log.write(err.decode("utf-8", "replace"))
-        if proc.returncode != 0:
-            raise _exit_error(proc.returncode, err)
-        return _shell_result(out)
-
-
-def _exit_error(status: int, stderr: bytes) -> RunnerError:
-    tail = stderr.decode("utf-8", "replace").splitlines()[-10:]
-    what = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
-    message = f"bootstrap {what}"
-    if tail:
-        message += ": " + tail[-1]
-    return RunnerError("Runtime.ExitError", message, tail)
-
-
-def _shell_result(out: bytes) -> bytes:
-    try:
-        json.loads(out)
-        return out
-    except ValueError:
-        text = out.decode("utf-8", "replace").rstrip("\n")
-        return json.dumps(text, ensure_ascii=False).encode()
-
-
-Runtime = PythonRuntime | ShellRuntime
 
 
 # ---- protocol ----------------------------------------------------------------------------------
@@ -428,7 +101,7 @@ class Runner:
         json.loads(_encode({**head, "id": 0, "log": log.text()}, body)[8:])
 
     def _captured(self, log: LogBuffer, call: Callable[[], bytes]) -> bytes:
-        token = _current_log.set(log)
+        token = _logs._current_log.set(log)
         if self.capture is not None:
             self.capture.begin(log)
         try:
@@ -436,7 +109,7 @@ class Runner:
         finally:
             if self.capture is not None:
                 self.capture.end(log)
-            _current_log.reset(token)
+            _logs._current_log.reset(token)
 
     def _load(self, header: Header) -> bytes:
         function = Function(header.get("function"))
