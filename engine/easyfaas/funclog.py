@@ -111,9 +111,3 @@ def tail(state_dir: Path, name: str, lines: int = 100) -> str:
             pass
     all_lines = "".join(chunks).splitlines()
     return "\n".join(all_lines[-lines:]) + ("\n" if all_lines else "")
-
-
-def remove(state_dir: Path, name: str) -> None:
-    path = log_path(state_dir, name)
-    for p in (path, path.with_name(path.name + ".1")):
-        p.unlink(missing_ok=True)
