@@ -156,19 +156,21 @@ def test_runner_that_cannot_listen_exits_before_ready(tmp_path: Path, runtime: s
         os.close(ready_r)
 
 
-# Counts the calls inside the handler at once; the pause gives an overlap the time to show.
+# Counts the calls inside the handler at once. Each call waits until all three were inside
+# together, so with room for them the overlap shows at once; without it, each call gives the
+# runner half a second to (wrongly) start another before it returns.
 OVERLAP = """
-import threading, time
-inside, most, lock = 0, 0, threading.Lock()
+import threading
+inside, most, changed = 0, 0, threading.Condition()
 def handler(event, context):
     global inside, most
-    with lock:
+    with changed:
         inside += 1
         most = max(most, inside)
-    time.sleep(0.05)
-    with lock:
+        changed.notify_all()
+        changed.wait_for(lambda: most >= 3, timeout=0.5)
         inside -= 1
-    return most
+        return most
 """
 
 
