@@ -18,6 +18,15 @@ def log_path(state_dir: Path, name: str) -> Path:
     return state_dir / "logs" / f"{name}.log"
 
 
+def _rotate(path: Path) -> None:
+    os.replace(path, path.with_name(path.name + ".1"))
+
+
+def _open(path: Path) -> int:
+    path.parent.mkdir(mode=0o750, exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+
 def append(state_dir: Path, name: str, text: str) -> None:
     """Append ``text`` (one record, possibly many lines) to the function's log."""
     path = log_path(state_dir, name)
@@ -25,14 +34,21 @@ def append(state_dir: Path, name: str, text: str) -> None:
         text += "\n"
     try:
         if path.stat().st_size > MAX_BYTES:
-            os.replace(path, path.with_name(path.name + ".1"))
+            _rotate(path)
     except FileNotFoundError:
-        path.parent.mkdir(mode=0o750, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        pass
+    fd = _open(path)
     try:
         os.write(fd, text.encode("utf-8", "replace"))
     finally:
         os.close(fd)
+
+
+class _OpenLog:
+    __slots__ = ("fd", "size", "checked")
+
+    def __init__(self, fd: int, size: int, checked: float):
+        self.fd, self.size, self.checked = fd, size, checked
 
 
 class Appender:
@@ -49,47 +65,43 @@ class Appender:
 
     def __init__(self, state_dir: Path):
         self.state_dir = state_dir
-        self._open: dict[str, tuple[int, int, float]] = {}  # name -> (fd, size, checked at)
+        self._open: dict[str, _OpenLog] = {}
 
     def append(self, name: str, text: str) -> None:
-        data = text.encode("utf-8", "replace")
-        fd, size, checked = self._fd(name)
+        log = self._log(name)
         try:
-            size += os.write(fd, data)
+            log.size += os.write(log.fd, text.encode("utf-8", "replace"))
         except OSError:
             self._close(name)
             raise
-        if size > MAX_BYTES:
+        if log.size > MAX_BYTES:
             self._close(name)
-            path = log_path(self.state_dir, name)
-            os.replace(path, path.with_name(path.name + ".1"))
-        else:
-            self._open[name] = (fd, size, checked)
+            _rotate(log_path(self.state_dir, name))
 
-    def _fd(self, name: str) -> tuple[int, int, float]:
+    def _log(self, name: str) -> _OpenLog:
         now = time.monotonic()
-        entry = self._open.get(name)
-        if entry is not None:
-            if now - entry[2] < self.RECHECK_S:
-                return entry
+        log = self._open.get(name)
+        if log is not None and now - log.checked < self.RECHECK_S:
+            return log
+        path = log_path(self.state_dir, name)
+        if log is not None:
             try:
-                if os.stat(log_path(self.state_dir, name)).st_ino == os.fstat(entry[0]).st_ino:
-                    return entry[0], entry[1], now
+                if os.stat(path).st_ino == os.fstat(log.fd).st_ino:
+                    log.checked = now
+                    return log
             except FileNotFoundError:
                 pass
             self._close(name)
         if len(self._open) >= self.MAX_OPEN:
             self._close(next(iter(self._open)))  # the one opened longest ago
-        path = log_path(self.state_dir, name)
-        path.parent.mkdir(mode=0o750, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        entry = self._open[name] = (fd, os.fstat(fd).st_size, now)
-        return entry
+        fd = _open(path)
+        log = self._open[name] = _OpenLog(fd, os.fstat(fd).st_size, now)
+        return log
 
     def _close(self, name: str) -> None:
-        entry = self._open.pop(name, None)
-        if entry is not None:
-            os.close(entry[0])
+        log = self._open.pop(name, None)
+        if log is not None:
+            os.close(log.fd)
 
     def close(self) -> None:
         for name in list(self._open):

@@ -15,7 +15,7 @@ import pytest
 from _runtime_functions import CONFORMANCE_FILES, write_function
 from _runtime_helpers import RunnerProc, invoke_fields, running
 
-from easyfaas.wire import Client, encode
+from easyfaas.wire import Client, FrameBuffer, encode
 
 ALL = ["python3", "nodejs", "shell"]
 HANDLERS = {"python3": "index.handler", "nodejs": "index.handler", "shell": "bootstrap"}
@@ -208,18 +208,12 @@ def test_connections_are_served_side_by_side(loaded: tuple[str, RunnerProc]) -> 
 
 
 def _frames(sock: socket.socket, count: int) -> list[tuple[dict[str, object], bytes]]:
-    """Read ``count`` frames with a plain blocking socket (no framing code under test)."""
-    buf, out = b"", []
+    """Read ``count`` frames off a blocking socket, with the engine's parser (not the runner's)."""
+    frames, out = FrameBuffer(), []
     while len(out) < count:
         chunk = sock.recv(65536)
         assert chunk, "the runner closed the connection"
-        buf += chunk
-        while len(buf) >= 8:
-            total, head_len = struct.unpack(">II", buf[:8])
-            if len(buf) < total + 4:
-                break
-            out.append((json.loads(buf[8:8 + head_len]), buf[8 + head_len:total + 4]))
-            buf = buf[total + 4:]
+        out += frames.feed(chunk)
     return out
 
 

@@ -95,13 +95,12 @@ def fork_in_new_pid_namespace(own_pid_ns: int) -> int:
     ``/proc/self/ns/pid``, to point later children back at it.
     """
     unshare(["pid"])
+    pid = -1
     try:
         pid = os.fork()
-    except BaseException:
-        _check(_libc.setns(own_pid_ns, CLONE["pid"]), "setns pid")
-        raise
-    if pid:
-        _check(_libc.setns(own_pid_ns, CLONE["pid"]), "setns pid")
+    finally:
+        if pid != 0:  # this process, whether the fork worked or not
+            _check(_libc.setns(own_pid_ns, CLONE["pid"]), "setns pid")
     return pid
 
 

@@ -145,8 +145,12 @@ def _loads(payload: bytes, exact: bool = False) -> Any:
         raise BadFunctionResponse(f"result is not JSON: {e}") from e
 
 
+def _json(status: int, body: bytes) -> HttpResponse:
+    return HttpResponse(status, [("content-type", "application/json")], body)
+
+
 def _json_response(status: int, value: Any) -> HttpResponse:
-    return HttpResponse(status, [("content-type", "application/json")], _dumps(value))
+    return _json(status, _dumps(value))
 
 
 def _proxy_body(result: dict[str, Any]) -> bytes:
@@ -187,7 +191,7 @@ def map_result(payload: bytes) -> HttpResponse:
     """
     result = _loads(payload) if payload else None
     if not (isinstance(result, dict) and "statusCode" in result):
-        return HttpResponse(200, [("content-type", "application/json")], payload or b"null")
+        return _json(200, payload or b"null")
     if not isinstance(result.get("body"), (str, type(None))):
         result = _loads(payload, exact=True)  # a JSON body to write out again
     status = result["statusCode"]
@@ -200,7 +204,7 @@ def map_result(payload: bytes) -> HttpResponse:
 
 def function_error(payload: bytes) -> HttpResponse:
     """A function that raised: 500 with its ``{"errorMessage","errorType"}`` JSON."""
-    return HttpResponse(500, [("content-type", "application/json")], payload)
+    return _json(500, payload)
 
 
 def platform_error(e: EasyFaaSError) -> HttpResponse:
