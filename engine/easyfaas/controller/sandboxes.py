@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,25 +52,23 @@ class Sandbox:
 
     async def load(self, timeout: float) -> str:
         """Import the handler in the runner; ``FunctionFailed`` if it does not load."""
-        header, _ = await wire_call(self.client, {"op": "load",
-                                                  "function": self.target.load_spec()}, timeout)
+        header, _ = await self.client.call_raw(
+            {"op": "load", "function": self.target.load_spec()}, timeout=timeout)
         if not header.get("ok"):
             raise FunctionFailed(header.get("error") or {}, str(header.get("log") or ""))
         return str(header.get("log") or "")
 
-    async def invoke(self, request_id: str, payload: bytes,
-                     timeout: float) -> tuple[wire.Header, bytes]:
-        """One runner round trip. Raises ``TimeoutError`` or ``ConnectionError``."""
+    def invoke(self, request_id: str, payload: bytes,
+               timeout: float) -> Coroutine[Any, Any, tuple[wire.Header, bytes]]:
+        """One runner round trip (to await). Raises ``TimeoutError`` or ``ConnectionError``.
+
+        Returns the wire call itself rather than awaiting it: one coroutine less on every
+        call's path, each resumed on the way in and out."""
         deadline_ms = int((time.time() + timeout) * 1000)
-        return await wire_call(self.client, {"op": "invoke", "request_id": request_id,
-                                             "deadline_ms": deadline_ms}, timeout, payload)
+        return self.client.call_raw({"op": "invoke", "request_id": request_id,
+                                     "deadline_ms": deadline_ms}, payload, timeout)
 
     def describe(self, now: float) -> dict[str, Any]:
         return {"id": self.id, "function": self.target.name, "version": self.target.version,
                 "state": self.state, "inflight": self.inflight, "memory": self.memory,
                 "idle_seconds": round(self.idle_seconds(now), 3)}
-
-
-async def wire_call(client: wire.Client, header: wire.Header, timeout: float,
-                    payload: bytes = b"") -> tuple[wire.Header, bytes]:
-    return await client.call_raw(header, payload, timeout)

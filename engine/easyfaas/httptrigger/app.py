@@ -1,23 +1,23 @@
-"""The trigger's sanic app: one catch-all handler that routes, maps and invokes."""
+"""The trigger's handler: route, map to an event, invoke through the controller, map back."""
 
 from __future__ import annotations
 
 import logging
-import secrets
 
 import orjson
-from sanic import Request, Sanic
-from sanic.compat import Header
-from sanic.response import HTTPResponse
 
 from .. import errors, wire
 from ..requestid import RequestIds
 from . import mapping
+from .http1 import Handler, Request
 from .routes import MethodNotAllowed, RouteTable
 
 log = logging.getLogger("easyfaas.httptrigger")
 
-METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+# What an API-Gateway-style event can carry; others (TRACE, CONNECT, WebDAV's) are refused.
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+_HEALTHY = mapping.HttpResponse(200, [("content-type", "application/json")],
+                                orjson.dumps({"status": "ok"}))
 
 
 async def invoke(
@@ -45,49 +45,40 @@ async def invoke(
         return mapping.bad_gateway(f"malformed function response: {e}")
 
 
-def _to_sanic(resp: mapping.HttpResponse) -> HTTPResponse:
-    return HTTPResponse(resp.body, status=resp.status, headers=Header(resp.headers))
-
-
-def _request(request: Request, rid: str) -> mapping.HttpRequest:
+def _event_request(request: Request, rid: str) -> mapping.HttpRequest:
     return mapping.HttpRequest(
-        method=request.method,
-        path=request.path,
-        headers=list(request.headers.items()),
-        query=request.get_query_args(keep_blank_values=True),
-        body=request.body,
+        request.method,
+        request.path,
+        request.headers,
+        request.query_args(),
+        request.body,
         # The peer's address: the trigger trusts no forwarding headers (none are configured).
-        source_ip=request.ip,
-        request_id=rid,
+        request.client_ip,
+        rid,
     )
 
 
-def _not_found(path: str) -> mapping.HttpResponse:
-    return mapping.platform_error(errors.FunctionNotFound(f"no route for {path}"))
-
-
-def build_app(table: RouteTable, controller: wire.Client) -> Sanic:
-    """The trigger app over a live route table and the controller connection."""
-    # Sanic keeps a process-wide registry of app names; a random suffix lets tests build many.
-    app = Sanic("httptrigger-" + secrets.token_hex(4), configure_logging=False)
+def build_handler(table: RouteTable, controller: wire.Client) -> Handler:
+    """The trigger's one handler over a live route table and the controller connection."""
     ids = RequestIds()
 
-    async def handle(request: Request, path: str = "") -> HTTPResponse:
-        if request.path == "/healthz" and request.method == "GET":
-            return HTTPResponse(orjson.dumps({"status": "ok"}), content_type="application/json")
-        rid = request.headers.get("x-easyfaas-request-id") or ids.new()
+    async def handle(request: Request) -> mapping.HttpResponse:
+        method, path = request.method, request.path
+        if path == "/healthz" and method == "GET":
+            return _HEALTHY
+        if method not in METHODS:
+            return mapping.method_not_allowed(method, METHODS)
+        rid = request.header("x-easyfaas-request-id") or ids.new()
         try:
-            match = table.match(request.method, request.path)
+            match = table.match(method, path)
         except MethodNotAllowed as e:
-            return _to_sanic(mapping.method_not_allowed(request.method, e.allowed))
+            return mapping.method_not_allowed(method, e.allowed)
         if match is None:
-            return _to_sanic(_not_found(request.path))
-        event = mapping.build_event(_request(request, rid), match.resource, match.path_parameters)
+            return mapping.platform_error(errors.FunctionNotFound(f"no route for {path}"))
+        event = mapping.build_event(_event_request(request, rid), match.resource,
+                                    match.path_parameters)
         resp = await invoke(controller, match.function, orjson.dumps(event), rid)
-        log.debug("fn=%s inv=%s %s %s -> %d", match.function, rid, request.method,
-                  request.path, resp.status)
-        return _to_sanic(resp)
+        log.debug("fn=%s inv=%s %s %s -> %d", match.function, rid, method, path, resp.status)
+        return resp
 
-    app.add_route(handle, "/", methods=METHODS, name="root")
-    app.add_route(handle, "/<path:path>", methods=METHODS, name="any")
-    return app
+    return handle

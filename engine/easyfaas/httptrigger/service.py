@@ -9,8 +9,9 @@ import logging
 
 from .. import notify, wire
 from ..config import Config
-from ..httpserver import serving, write_addr
-from .app import build_app
+from ..httpserver import write_addr
+from . import http1
+from .app import build_handler
 from .routes import RouteTable
 
 log = logging.getLogger("easyfaas.httptrigger")
@@ -88,7 +89,7 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
     table = RouteTable()
     controller = wire.Client(str(cfg.socket("controller")))
     addr_file = cfg.run_dir / "http.addr"
-    async with serving(build_app(table, controller), cfg.http.listen) as addr:
+    async with http1.serving(build_handler(table, controller), cfg.http.listen) as addr:
         loaded = asyncio.Event()
         tasks = [asyncio.create_task(watch_stubs(str(cfg.socket("stubs")), table, loaded))]
         try:

@@ -1,0 +1,347 @@
+"""HTTP/1.1 for the trigger's data path: httptools (Node's llhttp) parses, this module frames.
+
+The trigger answers every public request with one catch-all handler, so its HTTP layer is most of
+a warm call's cost. Under sanic the trigger took 140-160 µs of CPU per request on the bench
+machine (sanic's own request and response machinery ~105 of them); on httptools with one asyncio
+protocol per connection it takes 50-60 µs, mapping and controller hop included
+(docs/performance.md). httptools is the parser sanic itself imports; the engine's API
+(controller) stays on sanic, where routing, JSON bodies and error pages earn their cost.
+
+Per connection: requests are answered one at a time and in order (pipelined ones wait their turn;
+reading pauses once ``MAX_QUEUED`` are waiting); keep-alive unless the client or HTTP/1.0 says
+otherwise; bodies by Content-Length or chunked, at most ``MAX_BODY`` (413); request line and
+headers at most ``MAX_HEAD`` (431); a request must arrive whole within ``REQUEST_TIMEOUT_S``
+(408) and an idle connection closes after ``KEEP_ALIVE_TIMEOUT_S``; anything unparsable is a 400
+and the connection closes. An ``Upgrade`` is ignored (the request is served over HTTP/1.1, as RFC
+9110 allows). A response gets its own Content-Length and Connection headers: framing headers from
+the handler are dropped, header names that are not HTTP tokens are dropped, and CR, LF and NUL
+are stripped from values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import cast
+from urllib.parse import parse_qsl
+
+import httptools
+
+from ..httpserver import address, bind
+from .mapping import HttpResponse, client_error
+
+log = logging.getLogger("easyfaas.httptrigger")
+
+MAX_HEAD = 16 * 1024  # request line + headers
+MAX_BODY = 32 * 1024 * 1024  # base64 in the event stays under the engine's 64 MiB frames
+REQUEST_TIMEOUT_S = 60.0  # from a request's first byte to its last
+KEEP_ALIVE_TIMEOUT_S = 120.0  # an idle connection between requests
+MAX_QUEUED = 8  # pipelined requests read ahead before reading pauses
+STOP_GRACE_S = 5.0  # on shutdown, for the answers in flight
+
+_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
+_CLEAN = str.maketrans("", "", "\r\n\x00")
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str  # as sent: percent-escapes are kept
+    query: str
+    headers: list[tuple[str, str]]  # names in lower case, in the order sent
+    body: bytes
+    client_ip: str
+
+    def query_args(self) -> list[tuple[str, str]]:
+        if not self.query:
+            return []
+        return parse_qsl(self.query, keep_blank_values=True, errors="replace")
+
+    def header(self, name: str) -> str | None:
+        """The last value of header ``name`` (lower case), or None."""
+        for key, value in reversed(self.headers):
+            if key == name:
+                return value
+        return None
+
+
+Handler = Callable[[Request], Awaitable[HttpResponse]]
+
+
+class _Refused(Exception):
+    """A request this layer answers itself (4xx) before closing the connection."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def encode_response(resp: HttpResponse, keep_alive: bool, head_only: bool) -> list[bytes]:
+    """The bytes of one response: status line and headers, then the body (if it has one)."""
+    status = resp.status
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
+    for name, value in resp.headers:
+        if not _TOKEN.fullmatch(name) or name.lower() in _FRAMING:
+            continue
+        lines.append(f"{name}: {value.translate(_CLEAN)}\r\n".encode("utf-8", "surrogateescape"))
+    bodiless = status < 200 or status in (204, 304)
+    if not bodiless:
+        lines.append(b"content-length: %d\r\n" % len(resp.body))
+    lines.append(b"connection: keep-alive\r\n\r\n" if keep_alive else b"connection: close\r\n\r\n")
+    head = b"".join(lines)
+    if bodiless or head_only or not resp.body:
+        return [head]
+    return [head, resp.body]
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parse, queue, answer in order."""
+
+    def __init__(self, handler: Handler, connections: set[_Connection]):
+        self.handler = handler
+        self.connections = connections
+        self.loop = asyncio.get_running_loop()  # kept: each lookup is a getpid() syscall
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = ""
+        self.queue: deque[tuple[Request, bool, bool]] = deque()  # (request, keep_alive, HEAD)
+        self.task: asyncio.Task[None] | None = None  # the answer being made
+        self.timer: asyncio.TimerHandle | None = None
+        self.closing = False
+        self.last = False  # the server is stopping: the answer in flight is the last one
+        self.paused = False
+        self._can_write: asyncio.Future[None] | None = None
+        # The request being parsed.
+        self._partial = False
+        self._url = b""
+        self._headers: list[tuple[str, str]] = []
+        self._body: list[bytes] = []
+        self._head_size = 0
+        self._body_size = 0
+        self._keep_alive = True
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if isinstance(peer, tuple) else ""
+        self.connections.add(self)
+        self._arm(KEEP_ALIVE_TIMEOUT_S)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            # The request before the upgrade is queued; serve on over HTTP/1.1.
+            self.parser = httptools.HttpRequestParser(self)
+            self.data_received(data[e.args[0]:])
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            if isinstance(cause, _Refused):
+                self._refuse(cause.status, str(cause))
+            else:
+                log.exception("http: parser callback failed", exc_info=cause)
+                self._refuse(500, "internal error")
+        except httptools.HttpParserError as e:
+            self._refuse(400, f"malformed request: {e}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.connections.discard(self)
+        self._disarm()
+        self.queue.clear()
+        if self.task is not None:
+            self.task.cancel()  # the caller is gone: stop waiting for its answer
+        if self._can_write is not None and not self._can_write.done():
+            self._can_write.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._can_write = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._can_write is not None and not self._can_write.done():
+            self._can_write.set_result(None)
+        self._can_write = None
+
+    # -- httptools callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._partial = True
+        self._url = b""
+        self._headers = []
+        self._body = []
+        self._head_size = 0
+        self._body_size = 0
+        if self.task is None:
+            self._arm(REQUEST_TIMEOUT_S)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._grow_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._grow_head(len(name) + len(value))
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self._keep_alive = self.parser.should_keep_alive()
+        expect = False
+        for name, value in self._headers:
+            if name == "content-length" and value.isdigit() and int(value) > MAX_BODY:
+                raise _Refused(413, f"request body over {MAX_BODY} bytes")
+            expect = expect or (name == "expect" and value.lower() == "100-continue")
+        if expect and self.task is None and not self.queue:
+            # Only when nothing is answered before it: a 100 must not land inside an answer.
+            self._write([_CONTINUE])
+
+    def on_body(self, body: bytes) -> None:
+        self._body_size += len(body)
+        if self._body_size > MAX_BODY:
+            raise _Refused(413, f"request body over {MAX_BODY} bytes")
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._partial = False
+        method = self.parser.get_method().decode("ascii")
+        url = self._url
+        if not url.isascii():
+            raise _Refused(400, "the URL may only contain US-ASCII characters")
+        try:
+            parsed = httptools.parse_url(url)
+        except httptools.HttpParserInvalidURLError:
+            raise _Refused(400, "malformed URL") from None
+        request = Request(
+            method=method,
+            path=(parsed.path or b"/").decode("ascii"),
+            query=(parsed.query or b"").decode("ascii"),
+            headers=self._headers,
+            body=b"".join(self._body),
+            client_ip=self.client_ip,
+        )
+        self.queue.append((request, self._keep_alive, method == "HEAD"))
+        if len(self.queue) >= MAX_QUEUED and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        if self.task is None:
+            self._next()
+
+    # -- answering ------------------------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Answer the next queued request, or wait for one."""
+        if self.closing:
+            return
+        if not self.queue:
+            if self.paused and self.transport is not None:
+                self.paused = False
+                self.transport.resume_reading()
+            self._arm(REQUEST_TIMEOUT_S if self._partial else KEEP_ALIVE_TIMEOUT_S)
+            return
+        self._disarm()
+        request, keep_alive, head_only = self.queue.popleft()
+        self.task = self.loop.create_task(self._answer(request, keep_alive, head_only))
+
+    async def _answer(self, request: Request, keep_alive: bool, head_only: bool) -> None:
+        try:
+            resp = await self.handler(request)
+        except Exception:  # noqa: BLE001 - a bug answers this request, not the connection
+            log.exception("http: handler failed for %s %s", request.method, request.path)
+            resp = client_error(500, "internal error")
+        self.task = None
+        if self.closing:
+            return
+        keep_alive = keep_alive and not self.last
+        self._write(encode_response(resp, keep_alive, head_only))
+        if not keep_alive:
+            self._close()
+            return
+        if self._can_write is not None:
+            await self._can_write  # a slow reader: no next answer until this one has gone
+        self._next()
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer a request this layer cannot take, then close: the stream is out of step."""
+        if self.closing:
+            return
+        log.info("http: %d for %s: %s", status, self.client_ip, message)
+        if self.task is None and not self.queue:
+            self._write(encode_response(client_error(status, message), False, False))
+        self._close()
+
+    def _write(self, data: list[bytes]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(data)
+
+    def _close(self) -> None:
+        self.closing = True
+        self.queue.clear()
+        self._disarm()
+        if self.transport is not None:
+            self.transport.close()
+
+    def stop(self) -> None:
+        """Close now if idle; otherwise finish the answer in flight, then close."""
+        self.last = True
+        self.queue.clear()
+        if self.task is None:
+            self._close()
+
+    # -- timeouts -------------------------------------------------------------------------------
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        self.timer = self.loop.call_later(seconds, self._expired)
+
+    def _disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expired(self) -> None:
+        self.timer = None
+        if self._partial:
+            self._refuse(408, "the request did not arrive in time")
+        else:
+            self._close()
+
+    def _grow_head(self, size: int) -> None:
+        self._head_size += size
+        if self._head_size > MAX_HEAD:
+            raise _Refused(431, f"request line and headers over {MAX_HEAD} bytes")
+
+
+@asynccontextmanager
+async def serving(handler: Handler, listen: str) -> AsyncIterator[str]:
+    """Serve ``handler`` on ``listen`` for the duration of the block; yields the bound address.
+
+    On leaving: stop accepting, close idle connections, give answers in flight ``STOP_GRACE_S``.
+    """
+    sock: socket.socket = bind(listen)
+    connections: set[_Connection] = set()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _Connection(handler, connections), sock=sock)
+    try:
+        yield address(sock)
+    finally:
+        server.close()
+        busy = [c.task for c in connections if c.task is not None]
+        for conn in list(connections):
+            conn.stop()
+        if busy:
+            await asyncio.wait(busy, timeout=STOP_GRACE_S)
+        for conn in list(connections):
+            conn._close()
+        await server.wait_closed()
