@@ -6,10 +6,12 @@ import functools
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 
 from bench import measure, procs
-from bench.measure import Plan
+from bench.measure import Plan, Target
 from bench.stats import Figures, timed_ms
 
 HERE = Path(__file__).parent
@@ -30,38 +32,48 @@ def _ff_argv(port: int, target: str) -> list[str]:
             "--host", "127.0.0.1", "--port", str(port)]
 
 
-def _urls(port: int) -> dict[str, str]:
-    return {h: f"http://127.0.0.1:{port}/{h}" for h in measure.HANDLERS}
+def _targets(system: str, port: int) -> list[Target]:
+    return [Target(system, h, f"http://127.0.0.1:{port}/{h}") for h in measure.HANDLERS]
 
 
-def sanic(figs: Figures, plan: Plan, log: str) -> None:
+@contextmanager
+def sanic(figs: Figures, plan: Plan, log: str) -> Iterator[list[Target]]:
     port = procs.free_port()
     argv = procs.pinned([sys.executable, str(SERVERS / "sanic_app.py"), str(port)],
                         plan.server_cpus)
     with procs.started(argv, ENV, log):
-        measure.http_system(figs, "sanic", _urls(port), plan)
+        yield _targets("sanic", port)
 
 
-def fork(figs: Figures, plan: Plan, log: str) -> None:
+@contextmanager
+def fork(figs: Figures, plan: Plan, log: str) -> Iterator[list[Target]]:
     port = procs.free_port()
     argv = procs.pinned([sys.executable, str(SERVERS / "fork_app.py"), str(port), PYTHON3],
                         plan.server_cpus)
     with procs.started(argv, ENV, log):
-        measure.http_system(figs, "fork", _urls(port), plan)
+        yield _targets("fork", port)
 
 
-def functions_framework(figs: Figures, plan: Plan, log: str) -> None:
+@contextmanager
+def functions_framework(figs: Figures, plan: Plan, log: str) -> Iterator[list[Target]]:
     """One functions-framework server per handler: it serves a single target."""
-    for handler in measure.HANDLERS:
-        try:
-            port = procs.free_port()
-            argv = procs.pinned(_ff_argv(port, handler), plan.server_cpus)
-        except FileNotFoundError as e:
-            figs.fail(measure.http_keys("functions_framework", handler), e)
-            continue
-        with procs.started(argv, ENV, log):
-            measure.http_system(figs, "functions_framework",
-                                {handler: f"http://127.0.0.1:{port}/"}, plan)
+    with ExitStack() as stack:
+        targets = []
+        for handler in measure.HANDLERS:
+            try:
+                port = procs.free_port()
+                argv = procs.pinned(_ff_argv(port, handler), plan.server_cpus)
+            except FileNotFoundError as e:
+                figs.fail(measure.http_keys("functions_framework", handler), e)
+                continue
+            stack.enter_context(procs.started(argv, ENV, log))
+            targets.append(Target("functions_framework", handler, f"http://127.0.0.1:{port}/"))
+        yield targets
+
+
+# Each serves both handlers until its block ends; bench/run.py measures them all interleaved.
+SYSTEMS: dict[str, Callable[[Figures, Plan, str], AbstractContextManager[list[Target]]]] = {
+    "sanic": sanic, "fork": fork, "functions_framework": functions_framework}
 
 
 def interpreter(figs: Figures, plan: Plan) -> None:

@@ -20,13 +20,12 @@ MEMORY_KEYS = ["engine.memory.idle_pss_mib", "engine.memory.sandbox_pss_mib",
                "engine.memory.sandbox_private_mib", "engine.memory.sandboxes_per_gib"]
 
 
-def warm(figs: Figures, eng: Engine, plan: Plan) -> None:
-    """Both handlers through the HTTP trigger and through the invoke API."""
+def warm_targets(figs: Figures, eng: Engine, plan: Plan) -> list[measure.Target]:
+    """Both handlers deployed; to be measured through the HTTP trigger and the invoke API."""
     for handler in measure.HANDLERS:
         eng.deploy(handler, handler)
-    measure.http_system(figs, "engine_http", {h: eng.url(h) for h in measure.HANDLERS}, plan)
-    measure.http_system(figs, "engine_invoke", {h: eng.invoke_url(h) for h in measure.HANDLERS},
-                        plan)
+    return ([measure.Target("engine_http", h, eng.url(h)) for h in measure.HANDLERS]
+            + [measure.Target("engine_invoke", h, eng.invoke_url(h)) for h in measure.HANDLERS])
 
 
 def _pool_full(eng: Engine, size: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from bench import procs, wrk
@@ -39,25 +40,45 @@ def http_keys(system: str, handler: str) -> list[str]:
             f"{prefix}.c32.p99_ms"]
 
 
-def http_system(figs: Figures, system: str, urls: dict[str, str], plan: Plan,
-                headers: tuple[str, ...] = ()) -> None:
-    """Measure one system serving each handler at its URL; a failure is recorded per handler."""
-    for handler, url in urls.items():
+@dataclass(frozen=True)
+class Target:
+    """One handler of one system, at its URL."""
+
+    system: str
+    handler: str
+    url: str
+
+
+def http_targets(figs: Figures, targets: list[Target], plan: Plan) -> None:
+    """Measure every target, interleaved: each round runs c=1 and then c=32 against every target
+    in turn. This machine has slow spells lasting minutes; measured one system after another,
+    such a spell fell on whichever system was being measured and moved its ratios by 30 %.
+
+    A target that fails is recorded as failed and left out of the later rounds.
+    """
+    live: list[Target] = []
+    for t in targets:
         try:
-            _one_handler(figs, system, handler, url, plan, headers)
+            procs.wait_until(functools.partial(procs.answers, t.url),
+                             f"{t.system} serving {t.url}")
+            # Warm-up: c=32 so a scaling system has its instances before the first measured run.
+            wrk.run(t.url, 32, 1, plan.load_cpus)
+            live.append(t)
         except Exception as e:  # any failure of a system is a recorded result, not a crash
-            figs.fail(http_keys(system, handler), e)
-
-
-def _one_handler(figs: Figures, system: str, handler: str, url: str, plan: Plan,
-                 headers: tuple[str, ...]) -> None:
-    procs.wait_until(lambda: procs.answers(url), f"{system} serving {url}")
-    # Warm-up: c=32 so a scaling system has its instances before the first measured run.
-    wrk.run(url, 32, 1, plan.load_cpus, headers)
-    c1 = [wrk.run(url, 1, plan.seconds, plan.load_cpus, headers) for _ in range(plan.runs)]
-    c32 = [wrk.run(url, 32, plan.seconds, plan.load_cpus, headers) for _ in range(plan.runs)]
-    p50, p99, rps, p99_32 = http_keys(system, handler)
-    figs.add(p50, [r.p50_ms for r in c1], "ms")
-    figs.add(p99, [r.p99_ms for r in c1], "ms")
-    figs.add(rps, [r.rps for r in c32], "req/s")
-    figs.add(p99_32, [r.p99_ms for r in c32], "ms")
+            figs.fail(http_keys(t.system, t.handler), e)
+    c1: dict[Target, list[wrk.Load]] = {t: [] for t in live}
+    c32: dict[Target, list[wrk.Load]] = {t: [] for t in live}
+    for _ in range(plan.runs):
+        for t in list(live):
+            try:
+                c1[t].append(wrk.run(t.url, 1, plan.seconds, plan.load_cpus))
+                c32[t].append(wrk.run(t.url, 32, plan.seconds, plan.load_cpus))
+            except Exception as e:
+                figs.fail(http_keys(t.system, t.handler), e)
+                live.remove(t)
+    for t in live:
+        p50, p99, rps, p99_32 = http_keys(t.system, t.handler)
+        figs.add(p50, [r.p50_ms for r in c1[t]], "ms")
+        figs.add(p99, [r.p99_ms for r in c1[t]], "ms")
+        figs.add(rps, [r.rps for r in c32[t]], "req/s")
+        figs.add(p99_32, [r.p99_ms for r in c32[t]], "ms")

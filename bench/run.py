@@ -10,6 +10,7 @@ its error. Everything started here is stopped again, also on Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -43,23 +44,41 @@ def _system_keys(system: str) -> list[str]:
 
 
 def _engine_main(figs: Figures, plan: Plan, logs: Path) -> list[dict[str, Any]] | None:
-    """Everything measured on one engine with the default pool; returns its idle processes."""
+    """Everything measured on one engine with the default pool, the baselines' HTTP figures
+    interleaved with the engine's; returns the engine's idle processes."""
     http_keys = [k for system in report.ENGINE for k in _system_keys(system)]
     code_dir, deploy, enqueue = ("engine.cold_start.code_dir_ms", "engine.deploy_to_serving_ms",
                                  "engine.async.enqueue_rps")
     keys = [*engine_figures.MEMORY_KEYS, code_dir, deploy, *http_keys, enqueue]
+    warm_measured = False
     try:
         with engine.running(MAIN_CONFIG, plan.server_cpus, str(logs / "engine.log")) as eng:
             listing = _step(figs, engine_figures.MEMORY_KEYS, engine_figures.memory, eng, plan)
             _step(figs, [code_dir], engine_figures.code_dir_cold_start, eng, plan)
             _step(figs, [deploy], engine_figures.deploy_to_serving, eng, plan)
-            _step(figs, http_keys, engine_figures.warm, eng, plan)
+            targets = _step(figs, http_keys, engine_figures.warm_targets, eng, plan) or []
+            _warm(figs, plan, logs, targets)
+            warm_measured = True
             # Last: the queued events keep the engine busy after the measurement.
             _step(figs, [enqueue], engine_figures.async_enqueue, eng, plan)
             return listing
     except Exception as e:
         figs.fail([k for k in keys if k not in figs.values], e)
+        if not warm_measured:
+            _warm(figs, plan, logs, [])  # the baselines still get measured
         return None
+
+
+def _warm(figs: Figures, plan: Plan, logs: Path, engine_targets: list[measure.Target]) -> None:
+    """The HTTP figures of the engine's targets and of every baseline, in one interleaved pass."""
+    with contextlib.ExitStack() as stack:
+        targets = list(engine_targets)
+        for name, system in baselines.SYSTEMS.items():
+            try:
+                targets += stack.enter_context(system(figs, plan, str(logs / f"{name}.log")))
+            except Exception as e:
+                figs.fail(_system_keys(name), e)
+        measure.http_targets(figs, targets, plan)
 
 
 def _engine_cold(figs: Figures, plan: Plan, logs: Path, pool: int, key: str) -> None:
@@ -77,9 +96,6 @@ def measure_all(plan: Plan, mode: str, logs: Path) -> dict[str, Any]:
     machine = stats.machine()
     figs = Figures()
     baselines.interpreter(figs, plan)
-    for name, system in (("sanic", baselines.sanic), ("fork", baselines.fork),
-                         ("functions_framework", baselines.functions_framework)):
-        _step(figs, _system_keys(name), system, plan, str(logs / f"{name}.log"))
     listing = _engine_main(figs, plan, logs)
     _engine_cold(figs, plan, logs, engine_figures.POOL_SIZE, "engine.cold_start.pool_ms")
     _engine_cold(figs, plan, logs, 0, "engine.cold_start.empty_pool_ms")
