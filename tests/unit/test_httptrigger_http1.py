@@ -167,6 +167,18 @@ def test_bad_requests_get_an_error_and_the_connection_closes(request_bytes: byte
     serve(_echo, test)
 
 
+def test_a_header_that_never_ends_is_refused_not_buffered() -> None:
+    async def test(connect: Callable[[], Awaitable[Client]]) -> None:
+        c = await connect()
+        await c.send(b"GET / HTTP/1.1\r\nX-Endless: ")
+        for _ in range(3):  # no CRLF ever: the parser has no complete header to report
+            await c.send(b"z" * (http1.MAX_HEAD // 2))
+        assert (await c.response())[0] == 431
+        assert await c.closed()
+
+    serve(_echo, test)
+
+
 def test_a_chunked_body_over_the_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(http1, "MAX_BODY", 8)
 

@@ -126,7 +126,10 @@ class _Connection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self._body: list[bytes] = []
-        self._head_size = 0
+        self._head_size = 0  # from the parser's callbacks
+        self._head_bytes = 0  # as received, while the head is incomplete
+        self._in_head = False
+        self._completed = 0  # requests completed in the chunk being fed
         self._body_size = 0
         self._keep_alive = True
 
@@ -142,6 +145,8 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
+        head_before = self._in_head
+        self._completed = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -157,6 +162,13 @@ class _Connection(asyncio.Protocol):
                 self._refuse(500, "internal error")
         except httptools.HttpParserError as e:
             self._refuse(400, f"malformed request: {e}")
+        if self._in_head and not self.closing and (head_before or not self._completed):
+            # httptools holds a header back until it is complete, so its callbacks cannot see
+            # an endless one: count what arrives while the head is incomplete. (A chunk that
+            # also completed other requests is not counted; one chunk is at most 256 KiB.)
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD:
+                self._refuse(431, f"request line and headers over {MAX_HEAD} bytes")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -180,6 +192,8 @@ class _Connection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._partial = True
+        self._in_head = True
+        self._head_bytes = 0
         self._url = b""
         self._headers = []
         self._body = []
@@ -197,6 +211,7 @@ class _Connection(asyncio.Protocol):
         self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         self._keep_alive = self.parser.should_keep_alive()
         expect = False
         for name, value in self._headers:
@@ -215,6 +230,7 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self._partial = False
+        self._completed += 1
         method = self.parser.get_method().decode("ascii")
         url = self._url
         if not url.isascii():
