@@ -45,6 +45,9 @@ class Scheduler:
         self.funclet = funclet
         self.metrics = metrics
         self.sandboxes: list[Sandbox] = []
+        # The same sandboxes by target key: every call looks for a warm slot among its own
+        # target's sandboxes only, however many other functions have theirs.
+        self._by_key: dict[tuple[str, int, str], list[Sandbox]] = {}
         # Cold starts in progress, by function: they count against max_instances and memory.
         self._starting: dict[str, int] = {}
         self._starting_mb = 0
@@ -117,8 +120,8 @@ class Scheduler:
     def _take(self, target: Target) -> Sandbox | bool | None:
         """Take a warm slot (the sandbox), reserve a cold start (``True``), or ``None``."""
         best: Sandbox | None = None
-        for sb in self.sandboxes:
-            if sb.target.key == target.key and sb.has_room():
+        for sb in self._by_key.get(target.key, ()):
+            if sb.has_room():
                 if best is None or sb.inflight > best.inflight:
                     best = sb  # pack calls onto busy sandboxes so idle ones can cool down
         if best is not None:
@@ -246,6 +249,7 @@ class Scheduler:
         self._starting[target.name] -= 1
         self._starting_mb -= target.memory
         self.sandboxes.append(sb)
+        self._by_key.setdefault(target.key, []).append(sb)
         return sb
 
     # -- dropping sandboxes ---------------------------------------------------------------------
@@ -265,6 +269,10 @@ class Scheduler:
         if not sb.dropped:
             sb.dropped = True
             self.sandboxes.remove(sb)
+            same = self._by_key[sb.target.key]
+            same.remove(sb)
+            if not same:
+                del self._by_key[sb.target.key]
             self._kick()
 
     async def _destroy(self, sb_id: str, target: Target, reason: str) -> dict[str, Any]:
