@@ -102,20 +102,43 @@ class FrameBuffer:
         return bool(self._buf)
 
 
-class _ClientProtocol(asyncio.Protocol):
+class FlowControlled(asyncio.Protocol):
+    """A protocol whose writers can wait while the transport holds more than its high-water mark
+    (big payloads, slow readers): ``await drain()``."""
+
+    def __init__(self) -> None:
+        # Kept, not looked up per call: get_running_loop() is a getpid() syscall each time.
+        self.loop = asyncio.get_running_loop()
+        self._can_write: asyncio.Future[None] | None = None
+
+    def pause_writing(self) -> None:
+        self._can_write = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        self._release_writers()
+        self._can_write = None
+
+    def _release_writers(self) -> None:
+        if self._can_write is not None and not self._can_write.done():
+            self._can_write.set_result(None)
+
+    async def drain(self) -> None:
+        if self._can_write is not None:
+            await asyncio.shield(self._can_write)
+
+
+class _ClientProtocol(FlowControlled):
     """The transport side of a ``Client``: frames in, matched to pending calls by id.
 
     A protocol rather than streams: on the request path every await and task counts.
     """
 
     def __init__(self, path: str, pending: dict[int, asyncio.Future[tuple[Header, bytes]]]):
+        super().__init__()
         self.path = path
         self.pending = pending
-        # Kept, not looked up per call: get_running_loop() is a getpid() syscall each time.
-        self.loop = asyncio.get_running_loop()
         self.frames = FrameBuffer()
         self.transport: asyncio.Transport | None = None
-        self._can_write: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -141,21 +164,7 @@ class _ClientProtocol(asyncio.Protocol):
             if not fut.done():
                 fut.set_exception(error)
         self.pending.clear()
-        if self._can_write is not None and not self._can_write.done():
-            self._can_write.set_result(None)  # the call then fails with its future
-
-    def pause_writing(self) -> None:
-        self._can_write = self.loop.create_future()
-
-    def resume_writing(self) -> None:
-        if self._can_write is not None and not self._can_write.done():
-            self._can_write.set_result(None)
-        self._can_write = None
-
-    async def drain(self) -> None:
-        """Wait while the transport holds more than its high-water mark (big payloads)."""
-        if self._can_write is not None:
-            await asyncio.shield(self._can_write)
+        self._release_writers()  # the call then fails with its future
 
 
 class Client:

@@ -241,6 +241,22 @@ def test_handler_headers_cannot_break_the_framing() -> None:
     serve(handler, test)
 
 
+def test_big_answers_to_a_slow_reader_arrive_whole_and_in_order() -> None:
+    size = 4 * 1024 * 1024  # far over the transport's write buffer: writing pauses
+
+    async def handler(request: http1.Request) -> HttpResponse:
+        return HttpResponse(200, [], request.path[1:].encode() * size)
+
+    async def test(connect: Callable[[], Awaitable[Client]]) -> None:
+        c = await connect()
+        await c.send(get("/a") + get("/b"))
+        for letter in (b"a", b"b"):
+            status, _, body = await c.response()
+            assert (status, len(body), body.strip(letter)) == (200, size, b"")
+
+    serve(handler, test)
+
+
 def test_an_upgrade_is_ignored_and_the_connection_keeps_serving() -> None:
     async def test(connect: Callable[[], Awaitable[Client]]) -> None:
         c = await connect()

@@ -35,6 +35,7 @@ from urllib.parse import parse_qsl
 import httptools
 
 from ..httpserver import address, bind
+from ..wire import FlowControlled
 from .mapping import HttpResponse, client_error
 
 log = logging.getLogger("easyfaas.httptrigger")
@@ -104,13 +105,13 @@ def encode_response(resp: HttpResponse, keep_alive: bool, head_only: bool) -> li
     return [head, resp.body]
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(FlowControlled):
     """One client connection: parse, queue, answer in order."""
 
     def __init__(self, handler: Handler, connections: set[_Connection]):
+        super().__init__()
         self.handler = handler
         self.connections = connections
-        self.loop = asyncio.get_running_loop()  # kept: each lookup is a getpid() syscall
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
@@ -120,7 +121,6 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         self.last = False  # the server is stopping: the answer in flight is the last one
         self.paused = False
-        self._can_write: asyncio.Future[None] | None = None
         # The request being parsed.
         self._partial = False
         self._url = b""
@@ -177,16 +177,7 @@ class _Connection(asyncio.Protocol):
         self.queue.clear()
         if self.task is not None:
             self.task.cancel()  # the caller is gone: stop waiting for its answer
-        if self._can_write is not None and not self._can_write.done():
-            self._can_write.set_result(None)
-
-    def pause_writing(self) -> None:
-        self._can_write = self.loop.create_future()
-
-    def resume_writing(self) -> None:
-        if self._can_write is not None and not self._can_write.done():
-            self._can_write.set_result(None)
-        self._can_write = None
+        self._release_writers()
 
     # -- httptools callbacks --------------------------------------------------------------------
 
@@ -284,8 +275,7 @@ class _Connection(asyncio.Protocol):
         if not keep_alive:
             self._close()
             return
-        if self._can_write is not None:
-            await self._can_write  # a slow reader: no next answer until this one has gone
+        await self.drain()  # a slow reader: no next answer until this one has gone
         self._next()
 
     def _refuse(self, status: int, message: str) -> None:
