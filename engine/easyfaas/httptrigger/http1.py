@@ -153,6 +153,7 @@ class _Connection(FlowControlled):
             # The request before the upgrade is queued; serve on over HTTP/1.1.
             self.parser = httptools.HttpRequestParser(self)
             self.data_received(data[e.args[0]:])
+            return
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
             if isinstance(cause, _Refused):
