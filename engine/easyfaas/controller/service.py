@@ -11,7 +11,8 @@ from typing import Any
 
 from .. import notify, token, wire
 from ..config import Config
-from ..httpserver import serving, write_addr
+from ..httpserver import serving
+from ..listening import write_addr
 from .api import build_app
 from .asyncq import AsyncQueue
 from .invoke import FunctionLogWriter, Invoker

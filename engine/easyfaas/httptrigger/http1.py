@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl
 
 import httptools
 
-from ..httpserver import address, bind
+from ..listening import address, bind
 from ..wire import FlowControlled
 from .mapping import HttpResponse, client_error
 

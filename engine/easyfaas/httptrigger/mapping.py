@@ -1,7 +1,8 @@
 """HTTP request → API-Gateway proxy event, and function result → HTTP response.
 
 The shapes follow AWS API Gateway's REST "proxy integration" so handlers written for it run
-unchanged. Pure functions over plain values: the sanic app feeds them, unit tests call them.
+unchanged. Pure functions over plain values: the trigger's HTTP layer feeds them, unit tests call
+them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ _TEXT_TYPES = (
 
 
 class HttpRequest(NamedTuple):
-    """What the trigger needs from one HTTP request (decoupled from sanic for testing).
+    """What the trigger needs from one HTTP request (decoupled from the HTTP layer for testing).
 
     A named tuple: made once per request, and a frozen dataclass costs several times more."""
 

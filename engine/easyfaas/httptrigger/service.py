@@ -9,7 +9,7 @@ import logging
 
 from .. import notify, wire
 from ..config import Config
-from ..httpserver import write_addr
+from ..listening import write_addr
 from . import http1
 from .app import build_handler
 from .routes import RouteTable
