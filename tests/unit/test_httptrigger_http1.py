@@ -210,6 +210,20 @@ def test_a_request_that_does_not_arrive_in_time_is_408_and_idle_ones_close(
     serve(_echo, test)
 
 
+def test_a_slow_body_that_keeps_moving_is_not_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http1, "REQUEST_TIMEOUT_S", 0.3)
+
+    async def test(connect: Callable[[], Awaitable[Client]]) -> None:
+        c = await connect()
+        await c.send(b"POST /slow HTTP/1.1\r\nContent-Length: 5\r\n\r\n")
+        for piece in (b"s", b"l", b"o", b"w", b"!"):  # 0.75 s in all, 0.15 s between pieces
+            await asyncio.sleep(0.15)  # the slow link under test, not a wait for the server
+            await c.send(piece)
+        assert json.loads((await c.response())[2])["body"] == "slow!"
+
+    serve(_echo, test)
+
+
 def test_expect_100_continue_is_answered_before_the_body() -> None:
     async def test(connect: Callable[[], Awaitable[Client]]) -> None:
         c = await connect()

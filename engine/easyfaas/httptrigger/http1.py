@@ -10,8 +10,9 @@ protocol per connection it takes 50-60 µs, mapping and controller hop included
 Per connection: requests are answered one at a time and in order (pipelined ones wait their turn;
 reading pauses once ``MAX_QUEUED`` are waiting); keep-alive unless the client or HTTP/1.0 says
 otherwise; bodies by Content-Length or chunked, at most ``MAX_BODY`` (413); request line and
-headers at most ``MAX_HEAD`` (431); a request must arrive whole within ``REQUEST_TIMEOUT_S``
-(408) and an idle connection closes after ``KEEP_ALIVE_TIMEOUT_S``; anything unparsable is a 400
+headers at most ``MAX_HEAD`` (431); the request line and headers must arrive within
+``REQUEST_TIMEOUT_S``, and then the body must not stall for that long (408); an idle connection
+closes after ``KEEP_ALIVE_TIMEOUT_S``; anything unparsable is a 400
 and the connection closes. An ``Upgrade`` is ignored (the request is served over HTTP/1.1, as RFC
 9110 allows). A response gets its own Content-Length and Connection headers: framing headers from
 the handler are dropped, header names that are not HTTP tokens are dropped, and CR, LF and NUL
@@ -42,7 +43,7 @@ log = logging.getLogger("easyfaas.httptrigger")
 
 MAX_HEAD = 16 * 1024  # request line + headers
 MAX_BODY = 32 * 1024 * 1024  # base64 in the event stays under the engine's 64 MiB frames
-REQUEST_TIMEOUT_S = 60.0  # from a request's first byte to its last
+REQUEST_TIMEOUT_S = 60.0  # for the request line and headers; then between pieces of the body
 KEEP_ALIVE_TIMEOUT_S = 120.0  # an idle connection between requests
 MAX_QUEUED = 8  # pipelined requests read ahead before reading pauses
 STOP_GRACE_S = 5.0  # on shutdown, for the answers in flight
@@ -219,6 +220,8 @@ class _Connection(FlowControlled):
         if self._body_size > MAX_BODY:
             raise _Refused(413, f"request body over {MAX_BODY} bytes")
         self._body.append(body)
+        if self.task is None:
+            self._arm(REQUEST_TIMEOUT_S)  # a body may take long on a slow link, if it moves
 
     def on_message_complete(self) -> None:
         self._partial = False
