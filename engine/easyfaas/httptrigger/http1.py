@@ -124,6 +124,7 @@ class _Connection(FlowControlled):
         self.paused = False
         # The request being parsed.
         self._partial = False
+        self._began = 0.0  # loop time of the request's first byte
         self._url = b""
         self._headers: list[tuple[str, str]] = []
         self._body: list[bytes] = []
@@ -171,6 +172,8 @@ class _Connection(FlowControlled):
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD:
                 self._refuse(431, f"request line and headers over {MAX_HEAD} bytes")
+        if self._partial and self.task is None and not self.closing:
+            self._wait_for_more()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -185,6 +188,7 @@ class _Connection(FlowControlled):
 
     def on_message_begin(self) -> None:
         self._partial = True
+        self._began = self.loop.time()
         self._in_head = True
         self._head_bytes = 0
         self._url = b""
@@ -192,8 +196,6 @@ class _Connection(FlowControlled):
         self._body = []
         self._head_size = 0
         self._body_size = 0
-        if self.task is None:
-            self._arm(REQUEST_TIMEOUT_S)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -220,8 +222,6 @@ class _Connection(FlowControlled):
         if self._body_size > MAX_BODY:
             raise _Refused(413, f"request body over {MAX_BODY} bytes")
         self._body.append(body)
-        if self.task is None:
-            self._arm(REQUEST_TIMEOUT_S)  # a body may take long on a slow link, if it moves
 
     def on_message_complete(self) -> None:
         self._partial = False
@@ -259,7 +259,7 @@ class _Connection(FlowControlled):
             if self.paused and self.transport is not None:
                 self.paused = False
                 self.transport.resume_reading()
-            self._arm(REQUEST_TIMEOUT_S if self._partial else KEEP_ALIVE_TIMEOUT_S)
+            self._wait_for_more()
             return
         self._disarm()
         request, keep_alive, head_only = self.queue.popleft()
@@ -310,6 +310,18 @@ class _Connection(FlowControlled):
             self._close()
 
     # -- timeouts -------------------------------------------------------------------------------
+
+    def _wait_for_more(self) -> None:
+        """Nothing to answer: time the wait for the next request, or for the rest of this one.
+
+        Set once a read is parsed rather than per parser event, so a request that arrives whole
+        costs no timer of its own."""
+        if not self._partial:
+            self._arm(KEEP_ALIVE_TIMEOUT_S)
+        elif self._in_head:  # one deadline from the head's first byte: no drip-feeding it
+            self._arm(self._began + REQUEST_TIMEOUT_S - self.loop.time())
+        else:  # a body may take long on a slow link, as long as it keeps coming
+            self._arm(REQUEST_TIMEOUT_S)
 
     def _arm(self, seconds: float) -> None:
         self._disarm()
