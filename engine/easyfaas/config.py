@@ -53,6 +53,10 @@ class Sandbox:
     memory_budget_mb: int = 2048
     # CPU weight is proportional to memory: this many weight units per 128 MiB.
     cpu_weight_per_128mb: int = 100
+    # Sandboxes run SCHED_BATCH: a woken sandbox does not preempt the running task (the engine,
+    # another sandbox) but waits for the scheduler's tick, so the engine finishes its turn and
+    # calls are handled in batches. False: SCHED_OTHER, a woken sandbox may preempt at once.
+    batch_scheduling: bool = True
     # "auto" picks systemd scopes when systemd is PID 1, else cgroup v2, else v1.
     cgroup_backend: str = "auto"
     python3: str = "/usr/bin/python3"

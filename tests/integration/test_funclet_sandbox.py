@@ -56,7 +56,15 @@ def handler(event, context):
         "hostname": socket.gethostname(),
         "task": sorted(os.listdir("/var/task")),
         "mounts": _mount_options(),
+        "sched": os.sched_getscheduler(0),
     }
+'''
+
+SCHED = '''
+import os
+
+def handler(event, context):
+    return os.sched_getscheduler(0)
 '''
 
 FORK_BOMB = '''
@@ -125,6 +133,24 @@ def test_sandbox_is_isolated_and_unprivileged() -> None:
     for point in ("/", "/usr", "/var/task", "/var/runtime"):
         assert r["mounts"][point].split(",")[0] == "ro", (point, r["mounts"][point])
     assert r["mounts"]["/tmp"].split(",")[0] == "rw"
+    assert r["sched"] == os.SCHED_BATCH  # sandbox.batch_scheduling defaults to true
+
+
+def test_batch_scheduling_can_be_turned_off() -> None:
+    async def scenario() -> int:
+        with state_dir() as st:
+            cfg = make_cfg(st, pool_size=0, batch_scheduling=False)
+            snap = make_snapshot(cfg, {"index.py": SCHED})
+            async with running(cfg) as funclet:
+                head, _ = await funclet.call("acquire", runtime="python3", memory=64,
+                                             code=snap, label="sched@1")
+                runner = await load(head["sandbox"])
+                resp, body = await invoke(runner)
+                await runner.close()
+                assert resp["ok"], resp
+                return int(json.loads(body))
+
+    assert _run(scenario()) == os.SCHED_OTHER
 
 
 def test_fork_bomb_stops_at_pids_max_and_sandbox_is_destroyed() -> None:

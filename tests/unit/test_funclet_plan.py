@@ -29,7 +29,7 @@ def test_order_is_the_security_argument() -> None:
     ops = plan.build(SPEC)
     kinds = _kinds(ops)
     assert kinds[:3] == ["join_cgroup", "unshare", "mount"]
-    assert kinds[-4:] == ["hostname", "link_up", "drop_privileges", "start_runner"]
+    assert kinds[-5:] == ["hostname", "link_up", "drop_privileges", "sched_batch", "start_runner"]
     assert _index(ops, "pivot_root") < _index(ops, "drop_privileges")
     unshare = ops[1]
     assert isinstance(unshare, plan.Unshare)
@@ -86,6 +86,13 @@ def test_privileges_and_runner() -> None:
     node = plan.build(replace(SPEC, runtime="nodejs"))[-1]
     assert isinstance(node, plan.StartRunner)
     assert node.exec[:2] == ["/usr/bin/node", "/var/runtime/nodejs/runner.js"]
+
+
+def test_batch_scheduling_is_the_default_and_can_be_left_out() -> None:
+    assert plan.BatchScheduling() in plan.build(SPEC)
+    ops = plan.build(replace(SPEC, batch_scheduling=False))
+    assert "sched_batch" not in _kinds(ops)
+    assert _kinds(ops)[-2:] == ["drop_privileges", "start_runner"]
 
 
 @pytest.mark.parametrize(

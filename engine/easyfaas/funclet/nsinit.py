@@ -245,6 +245,7 @@ _OPS: dict[str, Callable[[Context, Op], None]] = {
     "hostname": lambda ctx, op: socket.sethostname(op["name"]),
     "link_up": lambda ctx, op: _link_up(op["name"]),
     "drop_privileges": lambda ctx, op: _drop_privileges(op["uid"], op["gid"]),
+    "sched_batch": lambda ctx, op: os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0)),
     "start_runner": _start_runner,
 }
 

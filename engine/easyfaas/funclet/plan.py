@@ -141,6 +141,14 @@ class DropPrivileges(Op):
 
 
 @dataclass(frozen=True)
+class BatchScheduling(Op):
+    """SCHED_BATCH for the sandbox's init and everything it starts (a policy of the CPU
+    scheduler, not a limit: the cgroup's weight still bounds the sandbox's share)."""
+
+    kind = "sched_batch"
+
+
+@dataclass(frozen=True)
 class StartRunner(Op):
     kind = "start_runner"
     runtime: str
@@ -165,6 +173,7 @@ class SandboxSpec:
     tmp_size_mb: int
     nodejs: str
     attach_scope: str = ""  # systemd: the scope the funclet attaches the child to
+    batch_scheduling: bool = True
 
 
 def _etc(spec: SandboxSpec) -> list[Op]:
@@ -256,8 +265,10 @@ def build(spec: SandboxSpec) -> list[Op]:
         Hostname("sandbox"),
         LinkUp("lo"),
         DropPrivileges(spec.uid, spec.gid),
-        _runner(spec),
     ]
+    if spec.batch_scheduling:
+        ops.append(BatchScheduling())
+    ops.append(_runner(spec))
     return ops
 
 

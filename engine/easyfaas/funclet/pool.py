@@ -109,6 +109,7 @@ class Pools:
             runtimes_dir=str(self.runtimes), uid=box.uid, gid=box.gid,
             tmp_size_mb=box.tmp_size_mb, nodejs=box.nodejs,
             attach_scope=self.backend.scope_suffix(sb.id) if self.backend.attaches else "",
+            batch_scheduling=box.batch_scheduling,
         )
 
     def _make_dirs(self, sb: Sandbox) -> None:
