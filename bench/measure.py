@@ -53,6 +53,8 @@ def http_targets(figs: Figures, targets: list[Target], plan: Plan) -> None:
     """Measure every target, interleaved: each round runs c=1 and then c=32 against every target
     in turn. This machine has slow spells lasting minutes; measured one system after another,
     such a spell fell on whichever system was being measured and moved its ratios by 30 %.
+    Each run starts once the server CPU is quiet: the previous run's leftovers (the fork
+    baseline's processes) would otherwise land in its first, c=1 figures.
 
     A target that fails is recorded as failed and left out of the later rounds.
     """
@@ -71,7 +73,9 @@ def http_targets(figs: Figures, targets: list[Target], plan: Plan) -> None:
     for _ in range(plan.runs):
         for t in list(live):
             try:
+                procs.wait_quiet(plan.server_cpus)
                 c1[t].append(wrk.run(t.url, 1, plan.seconds, plan.load_cpus))
+                procs.wait_quiet(plan.server_cpus)
                 c32[t].append(wrk.run(t.url, 32, plan.seconds, plan.load_cpus))
             except Exception as e:
                 figs.fail(http_keys(t.system, t.handler), e)

@@ -66,6 +66,50 @@ def wait_until(cond: Callable[[], Any], what: str, timeout: float = 30.0,
     return result
 
 
+def _cpu_times(cpus: set[int] | None) -> tuple[int, int]:
+    """(idle, total) jiffies of ``cpus`` (None: all) from /proc/stat."""
+    idle = total = 0
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *fields = line.split()
+            if not name.startswith("cpu") or name == "cpu":
+                continue
+            if cpus is not None and int(name[3:]) not in cpus:
+                continue
+            ticks = [int(x) for x in fields[:8]]  # user .. steal; guest time is in user
+            idle += ticks[3] + ticks[4]
+            total += sum(ticks)
+    return idle, total
+
+
+def cpu_set(cpus: str | None) -> set[int] | None:
+    """``"0"``, ``"1-3"``, ``"0,2"`` (taskset's syntax) as a set; None stays None (all)."""
+    if cpus is None:
+        return None
+    out: set[int] = set()
+    for part in cpus.split(","):
+        low, _, high = part.partition("-")
+        out.update(range(int(low), int(high or low) + 1))
+    return out
+
+
+def wait_quiet(cpus: str | None, idle: float = 0.9, window: float = 0.1,
+               timeout: float = 5.0) -> None:
+    """Wait until ``cpus`` were at least ``idle`` idle over one ``window``, so that work left
+    over from the previous measurement (a fork server's processes finishing after their client
+    left) does not fall into the next one; gives up after ``timeout`` (a busy machine is then
+    measured as it is)."""
+    which = cpu_set(cpus)
+    deadline = time.monotonic() + timeout
+    while True:
+        idle0, total0 = _cpu_times(which)
+        time.sleep(window)
+        idle1, total1 = _cpu_times(which)
+        quiet = total1 > total0 and (idle1 - idle0) / (total1 - total0) >= idle
+        if quiet or time.monotonic() > deadline:
+            return
+
+
 def request(url: str, method: str = "POST", body: bytes | None = b"{}",
             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     req = urllib.request.Request(url, body if method != "GET" else None, headers or {},

@@ -21,7 +21,14 @@ async def call(request: Request, name: str) -> HTTPResponse:
     proc = await asyncio.create_subprocess_exec(
         app.config.PYTHON3, CALL, name, stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE)
-    out, _ = await proc.communicate(request.body or b"{}")
+    try:
+        out, _ = await proc.communicate(request.body or b"{}")
+    except asyncio.CancelledError:
+        # The client hung up (the load generator's run ended): the process must not go on
+        # using the CPU into the next system's measurement.
+        proc.kill()
+        await proc.wait()
+        raise
     if proc.returncode != 0:
         return text(f"{name} exited with {proc.returncode}", status=500)
     return text(out.decode(), content_type="application/json")
