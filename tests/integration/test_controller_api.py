@@ -9,7 +9,7 @@ import orjson
 import pytest
 from _controller_helpers import fakes
 
-from easyfaas import wire
+from easyfaas import funclog, wire
 
 pytestmark = pytest.mark.root
 
@@ -248,16 +248,22 @@ async def test_controller_socket_ops() -> None:
 
 
 @run
-async def test_caller_hanging_up_mid_call_does_not_leak_the_slot() -> None:
+async def test_caller_hanging_up_mid_call_lets_the_call_finish_in_its_sandbox() -> None:
     async with running_controller([record("f", max_instances=1)],
                                   scheduler={"queue_timeout_s": 2.0}) as h:
         host, port = h.url.removeprefix("http://").rsplit(":", 1)
         reader, writer = await fakes.asyncio.open_connection(host, int(port))
         body = b'{"sleep": 0.5}'
         writer.write(b"POST /v1/functions/f/invocations HTTP/1.1\r\nHost: x\r\n"
+                     b"X-easyfaas-Request-Id: gone-1\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         await writer.drain()
         await wait_for(lambda: h.funclet.events != [])
         writer.close()
+        # The slot is not leaked: the next call waits for the first to finish, in the same
+        # sandbox, which was neither killed nor replaced.
         status, _, answer = await h.request("POST", INVOKE.format("f"), b'{"n": 2}')
         assert status == 200 and json.loads(answer)["event"] == {"n": 2}
+        assert json.loads(answer)["sandbox"] == "sb1"
+        assert h.funclet.destroyed == [] and h.funclet.acquired == ["f@1"]
+        assert "END RequestId: gone-1" in funclog.tail(h.cfg.state_dir, "f", 100)

@@ -6,10 +6,12 @@ docs/api.md.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import itertools
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from sanic import HTTPResponse, Request, Sanic
@@ -27,6 +29,9 @@ log = logging.getLogger("easyfaas.controller")
 
 _app_ids = itertools.count(1)
 MAX_LOG_LINES = 10000
+T = TypeVar("T")
+# Calls whose caller hung up, running to their end (the loop keeps only weak references).
+_orphans: set[asyncio.Task[Any]] = set()
 
 
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> HTTPResponse:
@@ -80,7 +85,7 @@ def _add_invoke_routes(app: Sanic, ctl: Controller) -> None:
         if invoke_type != "common":
             raise InvalidParameter(f"X-easyfaas-Invoke-Type must be common or event, "
                                    f"not {invoke_type!r}")
-        result = await ctl.invoker.call(name, qualifier, payload, request_id)
+        result = await _to_the_end(ctl.invoker.call(name, qualifier, payload, request_id))
         return _invoke_response(request, result)
 
     @app.get("/v1/invocations/<inv_id>")
@@ -147,6 +152,20 @@ def _add_ops_routes(app: Sanic, ctl: Controller) -> None:
     async def metrics(request: Request) -> HTTPResponse:
         text = ctl.metrics.render(ctl.scheduler.counts(), await ctl.queue.depth())
         return HTTPResponse(text, content_type="text/plain; version=0.0.4")
+
+
+async def _to_the_end(call: Coroutine[Any, Any, T]) -> T:
+    """Await ``call`` in a task of its own, which the caller hanging up does not cancel.
+
+    A call the engine has accepted runs to its end, as through the trigger: a function is not
+    killed halfway through its work because a client went away, its log is kept, and its
+    sandbox stays warm (cancelling the call would have to destroy it: the handler may still be
+    running in there).
+    """
+    task = asyncio.ensure_future(call)
+    _orphans.add(task)
+    task.add_done_callback(_orphans.discard)
+    return await asyncio.shield(task)
 
 
 def _invoke_response(request: Request, result: CallResult) -> HTTPResponse:
