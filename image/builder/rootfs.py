@@ -38,6 +38,12 @@ def mmdebstrap_argv(spec: Spec, lock: dict[str, str] | None, root: Path, cache: 
         f"--setup-hook=sync-in {shlex.quote(str(cache))} /var/cache/apt/archives/",
         f"--customize-hook=sync-out /var/cache/apt/archives {shlex.quote(str(cache))}",
     ]
+    if lock is not None:
+        # mmdebstrap installs the Essential set first, at the newest versions the mirror has;
+        # once bookworm-security carries a newer one than the lock (seen: libpam 1.5.2-6+deb12u3
+        # over the locked deb12u2), the locked versions are downgrades, which apt refuses.
+        # The lock is the truth: the result is still checked against it after the build.
+        argv.append("--aptopt=APT::Get::allow-downgrades \"true\"")
     for pattern in spec.exclude:
         argv.append(f"--dpkgopt=path-exclude={pattern}")
     for pattern in spec.include:
