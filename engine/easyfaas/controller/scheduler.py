@@ -53,6 +53,7 @@ class Scheduler:
         self._starting_mb = 0
         self._queues: dict[str, deque[_Waiter]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None  # get_running_loop() is a getpid()
         self._closing = False
         self._kicking = False
         self._kick_again = False
@@ -83,7 +84,9 @@ class Scheduler:
         again: under load most calls wait here, and each retry cost a task and a timer."""
         if len(queue) >= self.cfg.scheduler.queue_size:
             raise TooManyRequests(f"no capacity for {target.name}: its wait queue is full")
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         waiter = _Waiter(target, loop.create_future())
         waiter.timer = loop.call_later(self.cfg.scheduler.queue_timeout_s, self._expire,
                                        queue, waiter)
