@@ -110,6 +110,8 @@ def test_plan_prints_and_travels_as_json() -> None:
     text = plan.describe(ops)
     assert text.splitlines()[0].startswith(" 1. join_cgroup procs=")
     wire = json.loads(json.dumps([op.to_wire() for op in ops]))
-    assert wire[1] == {"op": "unshare", "describe": ops[1].describe(),
-                       "namespaces": plan.UNSHARED}
+    assert wire[1] == {"op": "unshare", "namespaces": plan.UNSHARED}
+    assert ops[1].describe() == f"unshare namespaces={plan.UNSHARED!r}"
+    drop = next(op for op in ops if op.kind == "drop_privileges")
+    assert drop.describe() == f"drop_privileges uid={SPEC.uid} gid={SPEC.gid}"
     assert plan.runtimes_dir().name == "runtimes"

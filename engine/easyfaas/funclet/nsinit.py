@@ -126,11 +126,18 @@ def _link_up(name: str) -> None:
                                                             flags | _IFF_UP))
 
 
+def _last_cap() -> int:
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())
+
+
+# Read once, in the zygote: every sandbox's init inherits it instead of opening /proc again.
+LAST_CAP = _last_cap()
+
+
 def _drop_privileges(uid: int, gid: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    with open("/proc/sys/kernel/cap_last_cap") as f:
-        last_cap = int(f.read())
-    for cap in range(last_cap + 1):
+    for cap in range(LAST_CAP + 1):
         prctl(PR_CAPBSET_DROP, cap)
     os.setgroups([])
     os.setresgid(gid, gid, gid)
@@ -250,6 +257,12 @@ _OPS: dict[str, Callable[[Context, Op], None]] = {
 }
 
 
+def describe(op: Op) -> str:
+    """``op`` as one line, for plan listings and for naming the step that failed."""
+    args = [f"{k}={oct(v) if k == 'mode' else repr(v)}" for k, v in op.items() if k != "op"]
+    return " ".join([op["op"], *args])
+
+
 def apply(ctx: Context, op: Op) -> None:
     action = _OPS.get(op["op"])
     if action is None:
@@ -265,13 +278,13 @@ def run_plan(plan: list[dict[str, Any]], ready_fd: int, joined_fd: int,
     # makedirs creates in the sandbox root (/run, /var) would be closed to the sandbox uid.
     os.umask(0o022)
     ctx = Context(ready_fd, joined_fd, serve, attach_fd)
-    step = "start"
+    op: Op = {"op": "start"}
     try:
         for op in plan:
-            step = op.get("describe", op["op"])
             apply(ctx, op)
         raise RuntimeError("plan ended without start_runner")
     except BaseException as e:  # noqa: BLE001 - any failure must refuse the sandbox
+        step = describe(op)  # only now: describing every op cost a spawn ~0.3 ms
         try:
             os.write(ready_fd, f"setup failed at '{step}': {e}".encode()[:4000])
         finally:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..errors import SandboxError
+from . import nsinit
 
 NAMESPACES = ["mount", "pid", "ipc", "uts", "net", "cgroup"]
 UNSHARED = [ns for ns in NAMESPACES if ns != "pid"]  # the pid namespace comes with the fork
@@ -39,19 +40,14 @@ class Op:
 
     kind: ClassVar[str]
 
-    def _fields(self) -> dict[str, Any]:
-        # Shallow: the values are strings, numbers and lists of strings, and the dict is
-        # serialised right away (``dataclasses.asdict`` deep-copies: a third of a spawn's plan).
-        return {f.name: getattr(self, f.name)
-                for f in dataclasses.fields(self)}  # type: ignore[arg-type]
-
     def describe(self) -> str:
-        args = [f"{k}={oct(v) if k == 'mode' else repr(v)}" for k, v in self._fields().items()]
-        return " ".join([self.kind, *args])
+        return nsinit.describe(self.to_wire())
 
     def to_wire(self) -> dict[str, Any]:
-        wire = self._fields()
-        return {"op": self.kind, "describe": self.describe(), **wire}
+        # A shallow copy of the fields (the dataclasses below have no others): the values are
+        # strings, numbers and lists of strings, serialised right away. ``dataclasses.asdict``
+        # deep-copies, and even ``dataclasses.fields`` took half of building a spawn's plan.
+        return {"op": self.kind, **self.__dict__}
 
 
 @dataclass(frozen=True)
