@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -11,7 +12,15 @@ from typing import Any
 
 import psutil
 import pytest
-from _funclet_helpers import invoke, load, make_cfg, make_snapshot, running, state_dir
+from _funclet_helpers import (
+    async_wait_for,
+    invoke,
+    load,
+    make_cfg,
+    make_snapshot,
+    running,
+    state_dir,
+)
 
 from easyfaas import wire
 
@@ -291,5 +300,43 @@ def test_each_sandbox_init_gets_its_own_pid_namespace_and_the_zygote_keeps_its_o
                 assert ns(zygotes[0], "pid_for_children") == own
                 init_ns = [ns(pid, "pid") for pid in inits]
                 assert len(set(init_ns)) == 2 and own not in init_ns
+
+    _run(scenario())
+
+
+def test_a_zygote_that_died_is_started_again_for_the_next_sandbox() -> None:
+    """The funclet talks to its zygote over one socket; a zygote that is gone (killed, OOM)
+    must cost the next spawn a restart, not every later sandbox."""
+
+    def zygotes() -> list[psutil.Process]:
+        found = []
+        for p in psutil.Process().children():
+            with contextlib.suppress(psutil.ZombieProcess):  # dead, not yet reaped
+                if any("zygote.py" in arg for arg in p.cmdline()):
+                    found.append(p)
+        return found
+
+    async def serves(funclet: wire.Client, snap: str, label: str) -> None:
+        head, _ = await funclet.call("acquire", runtime="python3", memory=64, code=snap,
+                                     label=label)
+        runner = await load(head["sandbox"])
+        try:
+            resp, body = await invoke(runner)
+            assert resp["ok"] and json.loads(body) == 1, (resp, body)
+        finally:
+            await runner.close()
+
+    async def scenario() -> None:
+        with state_dir() as st:
+            cfg = make_cfg(st, pool_size=0)
+            snap = make_snapshot(cfg, {"index.py": "def handler(e, c):\n    return 1\n"})
+            async with running(cfg) as funclet:
+                await serves(funclet, snap, "a@1")
+                [first] = zygotes()
+                first.kill()
+                await async_wait_for(lambda: not zygotes(), what="the zygote to die")
+                await serves(funclet, snap, "b@1")
+                [second] = zygotes()
+                assert second.pid != first.pid
 
     _run(scenario())
