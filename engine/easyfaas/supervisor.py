@@ -86,9 +86,10 @@ def components(cfg_args: list[str]) -> list[tuple[str, list[str] | None]]:
 def preload() -> None:
     """Import what the components share, before the first fork (see the module docstring)."""
     import orjson  # noqa: F401
+    import sanic  # noqa: F401
     import uvloop  # noqa: F401
 
-    from . import httpserver, notify, wire  # noqa: F401
+    from . import http1, notify, wire  # noqa: F401
 
 
 def _watch_exit(pid: int) -> asyncio.Future[int]:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
+import socket
 
 import orjson
 import pytest
 from _controller_helpers import fakes
 
 from easyfaas import funclog, wire
+from easyfaas.controller import api
 
 pytestmark = pytest.mark.root
 
@@ -267,3 +270,47 @@ async def test_caller_hanging_up_mid_call_lets_the_call_finish_in_its_sandbox() 
         assert json.loads(answer)["sandbox"] == "sb1"
         assert h.funclet.destroyed == [] and h.funclet.acquired == ["f@1"]
         assert "END RequestId: gone-1" in funclog.tail(h.cfg.state_dir, "f", 100)
+
+
+@run
+async def test_invoke_route_and_sanic_routes_share_one_api_port() -> None:
+    """The invoke route is served on the engine's HTTP layer, every other route by the sanic
+    app behind it: one keep-alive connection may mix them, and both speak the same errors."""
+    async with running_controller([record("f")]) as h:
+        host, port = h.url.removeprefix("http://").rsplit(":", 1)
+
+        def exchange() -> list[tuple[int, dict[str, str], bytes]]:
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            answers = []
+            for method, path, body in [("POST", INVOKE.format("f"), b'{"n": 1}'),
+                                       ("GET", "/v1/functions/f", None),
+                                       ("POST", INVOKE.format("f") + "?Qualifier=", b"{}"),
+                                       ("GET", INVOKE.format("f"), None),
+                                       ("GET", "/v1/no/such/route", None),
+                                       ("POST", INVOKE.format("f"), b'{"n": 3}')]:
+                conn.request(method, path, body)
+                resp = conn.getresponse()
+                answers.append((resp.status, dict(resp.getheaders()), resp.read()))
+            conn.close()
+            return answers
+
+        answers = await fakes.asyncio.to_thread(exchange)
+        statuses = [status for status, _, _ in answers]
+        assert statuses == [200, 200, 200, 405, 404, 200], answers
+        assert json.loads(answers[0][2])["event"] == {"n": 1}
+        assert json.loads(answers[1][2])["Configuration"]["FunctionName"] == "f"
+        assert answers[3][1]["allow"] == "POST"
+        for status, _, body in answers[3:5]:
+            error = json.loads(body)
+            assert set(error) == {"Code", "Message", "Cause", "Status", "Type"}
+            assert error["Status"] == status
+        assert json.loads(answers[5][2])["event"] == {"n": 3}
+
+        def oversized() -> bytes:
+            # Announced only: the limit is checked on the head, before any of the body.
+            with socket.create_connection((host, int(port)), timeout=10) as s:
+                s.sendall(b"POST /v1/functions/f HTTP/1.1\r\nContent-Length: %d\r\n\r\n"
+                          % (api.MAX_BODY + 1))
+                return s.recv(65536)
+
+        assert (await fakes.asyncio.to_thread(oversized)).startswith(b"HTTP/1.1 413 ")

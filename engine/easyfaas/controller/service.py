@@ -9,11 +9,11 @@ import contextlib
 import logging
 from typing import Any
 
-from .. import notify, token, wire
+from .. import http1, notify, token, wire
+from ..asgi import AsgiApp
 from ..config import Config
-from ..httpserver import serving
 from ..listening import write_addr
-from .api import build_app
+from .api import MAX_BODY, build_app, build_handler
 from .asyncq import AsyncQueue
 from .invoke import FunctionLogWriter, Invoker
 from .metrics import Metrics
@@ -80,8 +80,10 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
     addr_file = cfg.run_dir / "api.addr"
     sock_path = str(cfg.socket("controller"))
     server = await wire.start_server(sock_path, ctl.sockapi.handle, mode=0o660)
+    api = AsgiApp(build_app(ctl))
     try:
-        async with serving(build_app(ctl), cfg.api.listen) as addr:
+        await api.startup()
+        async with http1.serving(build_handler(ctl, api), cfg.api.listen, MAX_BODY) as addr:
             write_addr(addr_file, addr)
             await _wait_snapshot(ctl.registry, stop)
             background.append(asyncio.create_task(ctl.queue.run(stop), name="async-workers"))
@@ -90,6 +92,7 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
             await stop.wait()
             notify.stopping()
     finally:
+        await api.shutdown()
         server.close()
         ctl.sockapi.close()
         with contextlib.suppress(FileNotFoundError):

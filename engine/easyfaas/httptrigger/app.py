@@ -7,22 +7,22 @@ import logging
 import orjson
 
 from .. import errors, wire
+from ..http1 import Handler, HttpResponse, Request
 from ..requestid import RequestIds
 from . import mapping
-from .http1 import Handler, Request
 from .routes import MethodNotAllowed, RouteTable
 
 log = logging.getLogger("easyfaas.httptrigger")
 
 # What an API-Gateway-style event can carry; others (TRACE, CONNECT, WebDAV's) are refused.
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-_HEALTHY = mapping.HttpResponse(200, [("content-type", "application/json")],
+_HEALTHY = HttpResponse(200, [("content-type", "application/json")],
                                 orjson.dumps({"status": "ok"}))
 
 
 async def invoke(
     controller: wire.Client, function: str, event: bytes, rid: str
-) -> mapping.HttpResponse:
+) -> HttpResponse:
     """Call the function through the controller and map whatever comes back to HTTP."""
     try:
         header, payload = await controller.call(
@@ -62,7 +62,7 @@ def build_handler(table: RouteTable, controller: wire.Client) -> Handler:
     """The trigger's one handler over a live route table and the controller connection."""
     ids = RequestIds()
 
-    async def handle(request: Request) -> mapping.HttpResponse:
+    async def handle(request: Request) -> HttpResponse:
         method, path = request.method, request.path
         if path == "/healthz" and method == "GET":
             return _HEALTHY

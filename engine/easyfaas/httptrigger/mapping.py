@@ -11,13 +11,12 @@ import base64
 import binascii
 import json
 import time
-from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any, NamedTuple
 
 import orjson
 
 from ..errors import EasyFaaSError
+from ..http1 import HttpResponse, error_response
 
 # Content types whose bodies travel as text; everything else is base64 in the event.
 _TEXT_TYPES = (
@@ -41,13 +40,6 @@ class HttpRequest(NamedTuple):
     body: bytes
     source_ip: str = ""
     request_id: str = ""
-
-
-@dataclass(frozen=True)
-class HttpResponse:
-    status: int
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes = b""
 
 
 class BadFunctionResponse(Exception):
@@ -219,23 +211,12 @@ def platform_error(e: EasyFaaSError) -> HttpResponse:
     return _json_response(e.status, e.to_api())
 
 
-def _error(status: int, code: str, message: str, kind: str) -> HttpResponse:
-    body = {"Code": code, "Message": message, "Cause": "", "Status": status, "Type": kind}
-    return _json_response(status, body)
-
-
-def client_error(status: int, message: str) -> HttpResponse:
-    """A request the trigger's HTTP layer refused (malformed, too big, too slow), or its own
-    failure (500)."""
-    phrase = HTTPStatus(status).phrase.title().replace(" ", "").replace("-", "")
-    return _error(status, f"{phrase}Exception", message, "Server" if status >= 500 else "User")
-
-
 def bad_gateway(message: str) -> HttpResponse:
     """The controller could not be reached, or the function's response was unusable."""
-    return _error(502, "ServiceException", message, "Server")
+    return error_response(502, "ServiceException", message, "Server")
 
 
 def method_not_allowed(method: str, allowed: frozenset[str]) -> HttpResponse:
-    resp = _error(405, "MethodNotAllowedException", f"method {method} not allowed", "User")
+    resp = error_response(405, "MethodNotAllowedException", f"method {method} not allowed",
+                          "User")
     return HttpResponse(405, [*resp.headers, ("allow", ", ".join(sorted(allowed)))], resp.body)

@@ -7,10 +7,9 @@ import asyncio
 import contextlib
 import logging
 
-from .. import notify, wire
+from .. import http1, notify, wire
 from ..config import Config
 from ..listening import write_addr
-from . import http1
 from .app import build_handler
 from .routes import RouteTable
 

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from easyfaas.httptrigger import http1
-from easyfaas.httptrigger.mapping import HttpResponse
+from easyfaas import http1
+from easyfaas.http1 import HttpResponse
 
 TIMEOUT = 10.0
 

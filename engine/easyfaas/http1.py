@@ -1,15 +1,17 @@
-"""HTTP/1.1 for the trigger's data path: httptools (Node's llhttp) parses, this module frames.
+"""HTTP/1.1 for the engine's data paths: httptools (Node's llhttp) parses, this module frames.
 
-The trigger answers every public request with one catch-all handler, so its HTTP layer is most of
-a warm call's cost. Under sanic the trigger took 140-160 µs of CPU per request on the bench
-machine (sanic's own request and response machinery ~105 of them); on httptools with one asyncio
-protocol per connection it takes 50-60 µs, mapping and controller hop included
-(docs/performance.md). httptools is the parser sanic itself imports; the engine's API
-(controller) stays on sanic, where routing, JSON bodies and error pages earn their cost.
+The HTTP layer is most of a warm call's cost in the trigger and in the invoke API. Under sanic
+the trigger took 140-160 µs of CPU per request on the bench machine (sanic's own request and
+response machinery ~105 of them); on httptools with one asyncio protocol per connection it takes
+50-60 µs, mapping and controller hop included (docs/performance.md). httptools is the parser
+sanic itself imports. The trigger serves everything with one handler; the controller serves its
+invoke route here and hands every other API request to its sanic app (``asgi.py``), where
+routing, JSON bodies and error pages earn their cost.
 
 Per connection: requests are answered one at a time and in order (pipelined ones wait their turn;
 reading pauses once ``MAX_QUEUED`` are waiting); keep-alive unless the client or HTTP/1.0 says
-otherwise; bodies by Content-Length or chunked, at most ``MAX_BODY`` (413); request line and
+otherwise; bodies by Content-Length or chunked, at most ``MAX_BODY`` unless the server is given
+another limit (413); request line and
 headers at most ``MAX_HEAD`` (431); the request line and headers must arrive within
 ``REQUEST_TIMEOUT_S``, and then the body must not stall for that long (408); an idle connection
 closes after ``KEEP_ALIVE_TIMEOUT_S``; anything unparsable is a 400
@@ -28,18 +30,18 @@ import socket
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import cast
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 import httptools
+import orjson
 
-from ..listening import address, bind
-from ..wire import FlowControlled
-from .mapping import HttpResponse, client_error
+from .listening import address, bind
+from .wire import FlowControlled
 
-log = logging.getLogger("easyfaas.httptrigger")
+log = logging.getLogger("easyfaas.http")
 
 MAX_HEAD = 16 * 1024  # request line + headers
 MAX_BODY = 32 * 1024 * 1024  # base64 in the event stays under the engine's 64 MiB frames
@@ -77,7 +79,34 @@ class Request:
         return None
 
 
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+
 Handler = Callable[[Request], Awaitable[HttpResponse]]
+
+
+def json_response(status: int, value: Any,
+                  headers: list[tuple[str, str]] | None = None) -> HttpResponse:
+    return HttpResponse(status, [("content-type", "application/json"), *(headers or [])],
+                        orjson.dumps(value))
+
+
+def error_response(status: int, code: str, message: str, kind: str) -> HttpResponse:
+    """An error in the engine's JSON shape (``EasyFaaSError.to_api``)."""
+    return json_response(status, {"Code": code, "Message": message, "Cause": "",
+                                  "Status": status, "Type": kind})
+
+
+def client_error(status: int, message: str) -> HttpResponse:
+    """A request the HTTP layer refused (malformed, too big, too slow), or a handler's failure
+    (500)."""
+    phrase = HTTPStatus(status).phrase.title().replace(" ", "").replace("-", "")
+    return error_response(status, f"{phrase}Exception", message,
+                          "Server" if status >= 500 else "User")
 
 
 class _Refused(Exception):
@@ -109,9 +138,10 @@ def encode_response(resp: HttpResponse, keep_alive: bool, head_only: bool) -> li
 class _Connection(FlowControlled):
     """One client connection: parse, queue, answer in order."""
 
-    def __init__(self, handler: Handler, connections: set[_Connection]):
+    def __init__(self, handler: Handler, connections: set[_Connection], max_body: int):
         super().__init__()
         self.handler = handler
+        self.max_body = max_body
         self.connections = connections
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -210,8 +240,8 @@ class _Connection(FlowControlled):
         self._keep_alive = self.parser.should_keep_alive()
         expect = False
         for name, value in self._headers:
-            if name == "content-length" and value.isdigit() and int(value) > MAX_BODY:
-                raise _Refused(413, f"request body over {MAX_BODY} bytes")
+            if name == "content-length" and value.isdigit() and int(value) > self.max_body:
+                raise _Refused(413, f"request body over {self.max_body} bytes")
             expect = expect or (name == "expect" and value.lower() == "100-continue")
         if expect and self.task is None and not self.queue:
             # Only when nothing is answered before it: a 100 must not land inside an answer.
@@ -219,8 +249,8 @@ class _Connection(FlowControlled):
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
-        if self._body_size > MAX_BODY:
-            raise _Refused(413, f"request body over {MAX_BODY} bytes")
+        if self._body_size > self.max_body:
+            raise _Refused(413, f"request body over {self.max_body} bytes")
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -346,15 +376,19 @@ class _Connection(FlowControlled):
 
 
 @asynccontextmanager
-async def serving(handler: Handler, listen: str) -> AsyncIterator[str]:
+async def serving(handler: Handler, listen: str,
+                  max_body: int | None = None) -> AsyncIterator[str]:
     """Serve ``handler`` on ``listen`` for the duration of the block; yields the bound address.
+    Request bodies may be up to ``max_body`` bytes (default ``MAX_BODY``).
 
     On leaving: stop accepting, close idle connections, give answers in flight ``STOP_GRACE_S``.
     """
     sock: socket.socket = bind(listen)
     connections: set[_Connection] = set()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _Connection(handler, connections), sock=sock)
+    limit = MAX_BODY if max_body is None else max_body
+    server = await loop.create_server(lambda: _Connection(handler, connections, limit),
+                                      sock=sock)
     try:
         yield address(sock)
     finally:
