@@ -14,7 +14,7 @@ import base64
 import itertools
 import logging
 import re
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
@@ -103,10 +103,12 @@ def build_handler(ctl: Controller, app: AsgiApp) -> http1.Handler:
     return handle
 
 
-def _require_token(ctl: Controller, authorization: str | None, always: bool = True) -> None:
-    """Management always needs the token; reads and invokes only if the config says so."""
+def _require_token(ctl: Controller, header: Callable[[str], str | None],
+                   always: bool = True) -> None:
+    """Management always needs the token; reads and invokes only if the config says so.
+    ``header`` looks a request header up, only when the token is needed."""
     if (always or ctl.cfg.api.invoke_requires_token) and not token.matches(
-            ctl.token, authorization):
+            ctl.token, header("authorization")):
         raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
 
 
@@ -119,7 +121,7 @@ def _query_arg(request: http1.Request, name: str) -> str | None:
 
 
 async def _invoke(ctl: Controller, request: http1.Request, name: str) -> http1.HttpResponse:
-    _require_token(ctl, request.header("authorization"), always=False)
+    _require_token(ctl, request.header, always=False)
     payload = checked_event(request.body)
     qualifier = _query_arg(request, "Qualifier") or "$LATEST"
     request_id = request.header("x-easyfaas-request-id") or ctl.invoker.ids.new()
@@ -139,40 +141,40 @@ async def _invoke(ctl: Controller, request: http1.Request, name: str) -> http1.H
 def _add_invocation_routes(app: Sanic, ctl: Controller) -> None:
     @app.get("/v1/invocations/<inv_id>")
     async def invocation(request: Request, inv_id: str) -> HTTPResponse:
-        _require_token(ctl, request.headers.get("authorization"), always=False)
+        _require_token(ctl, request.headers.get, always=False)
         return _json(await ctl.queue.status(inv_id))
 
 
 def _add_management_routes(app: Sanic, ctl: Controller) -> None:
     @app.route("/v1/functions/<name>", methods=["POST", "PUT"])
     async def put(request: Request, name: str) -> HTTPResponse:
-        _require_token(ctl, request.headers.get("authorization"))
+        _require_token(ctl, request.headers.get)
         existed = name in ctl.registry.functions
         record = await put_function(ctl.stubs, name, request.body)
         return _json(lambda_shape(record), 200 if existed else 201)
 
     @app.delete("/v1/functions/<name>")
     async def delete(request: Request, name: str) -> HTTPResponse:
-        _require_token(ctl, request.headers.get("authorization"))
+        _require_token(ctl, request.headers.get)
         await peer_call(ctl.stubs, "get", name=name)
         await peer_call(ctl.stubs, "delete", name=name)
         return HTTPResponse(status=204)
 
     @app.get("/v1/functions")
     async def list_functions(request: Request) -> HTTPResponse:
-        _require_token(ctl, request.headers.get("authorization"), always=False)
+        _require_token(ctl, request.headers.get, always=False)
         header = await peer_call(ctl.stubs, "list")
         return _json({"Functions": [lambda_shape(r) for r in header["functions"]]})
 
     @app.get("/v1/functions/<name>")
     async def get_function(request: Request, name: str) -> HTTPResponse:
-        _require_token(ctl, request.headers.get("authorization"), always=False)
+        _require_token(ctl, request.headers.get, always=False)
         header = await peer_call(ctl.stubs, "get", name=name)
         return _json(lambda_shape(header["function"]))
 
     @app.get("/v1/functions/<name>/logs")
     async def logs(request: Request, name: str) -> HTTPResponse:
-        _require_token(ctl, request.headers.get("authorization"), always=False)
+        _require_token(ctl, request.headers.get, always=False)
         lines = request.args.get("lines", "100")
         if not lines.isdigit() or not 0 < int(lines) <= MAX_LOG_LINES:
             raise InvalidParameter(f"lines must be a number from 1 to {MAX_LOG_LINES}")
