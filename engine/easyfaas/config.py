@@ -67,6 +67,8 @@ class Sandbox:
 class Scheduler:
     idle_timeout_s: float = 60.0
     max_instances: int = 8
+    # Sandboxes per CPU for a function whose calls compute rather than wait (0: no such cap).
+    instances_per_cpu: int = 4
     queue_size: int = 64
     queue_timeout_s: float = 10.0
 

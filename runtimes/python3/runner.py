@@ -79,14 +79,19 @@ class Runner:
         if op not in ("load", "invoke"):
             raise RunnerError("Runtime.BadRequest", f"unknown op {op!r}")
         log = LogBuffer()
+        usage: Header = {}
         try:
             if op == "load":
                 body = self._captured(log, lambda: self._load(header))
             else:
+                started, demand = time.perf_counter(), _cpu_demand_ns()
                 body = self._captured(log, lambda: self._invoke(header, payload, log))
+                if demand is not None and (demand_end := _cpu_demand_ns()) is not None:
+                    usage = {"run_s": time.perf_counter() - started,
+                             "cpu_demand_s": (demand_end - demand) / 1e9}
         except RunnerError as e:
             return {"ok": False, "error": e.to_wire(), "log": log.text()}, b""
-        return {"ok": True, "log": log.text()}, body
+        return {"ok": True, "log": log.text(), **usage}, body
 
     def rehearse(self) -> None:
         """Walk the path of a call once before the first one comes: this process shares its
@@ -134,6 +139,33 @@ class Runner:
             deadline_ms = time.time() * 1000 + function.timeout * 1000
         context = Context(request_id, deadline_ms, function)
         return self.runtime.invoke(context, payload, log)
+
+
+_schedstat = threading.local()
+
+
+def _cpu_demand_ns() -> int | None:
+    """How long this thread has run or waited for a CPU, in ns; None where the kernel does not
+    say. A call's share of this against its run time tells the controller whether the call
+    computes or waits (``scheduler.instances_per_cpu``): its CPU time alone would not, since on
+    a busy CPU a computing call spends much of its run time waiting to run. The wait is
+    ``/proc/thread-self/schedstat``'s second field (its first, the run time, lags until the
+    scheduler's next tick). Time in processes the handler starts is not counted."""
+    fd = getattr(_schedstat, "fd", None)
+    if fd is None:
+        try:
+            fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            fd = -1
+        _schedstat.fd = fd  # kept open, read with one pread per call
+    if fd < 0:
+        return None
+    try:
+        waited = int(os.pread(fd, 128, 0).split()[1])
+    except (OSError, ValueError, IndexError):  # a handler closed the fd, or it is not ours
+        _schedstat.fd = None  # open it again next time
+        return None
+    return time.thread_time_ns() + waited
 
 
 def _encode(header: Header, payload: bytes = b"") -> bytes:

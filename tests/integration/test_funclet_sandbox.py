@@ -126,6 +126,8 @@ def test_sandbox_is_isolated_and_unprivileged() -> None:
                     resp, body = await invoke(runner, json.dumps(event).encode())
                     await runner.close()
                     assert resp["ok"], resp
+                    # Its /proc lets the runner measure the call (scheduler.instances_per_cpu).
+                    assert resp["run_s"] > 0 and resp["cpu_demand_s"] > 0, resp
                     return dict(json.loads(body))
 
     r = _run(scenario())

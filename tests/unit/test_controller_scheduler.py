@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -238,3 +239,46 @@ async def test_handler_that_does_not_load_is_a_function_error() -> None:
         sb = await s.acquire(target("a"))
         assert sb.id == "sb2"
         assert s.used_mb() == 128
+
+
+COMPUTING = {"run_s": 0.01, "cpu_demand_s": 0.01}
+
+
+async def _instances_before_queueing(s: Scheduler, t: Target, most: int) -> int:
+    """Acquire for ``t`` until a call queues (or ``most`` are held); how many were served."""
+    held = []
+    while len(held) < most:
+        call = asyncio.ensure_future(s.acquire(t))
+        await wait_for(lambda c=call: c.done() or len(s._queues.get(t.name, ())) == 1)
+        if not call.done():
+            call.cancel()
+            break
+        held.append(call.result())
+    return len(held)
+
+
+@run
+async def test_a_function_whose_calls_compute_gets_instances_per_cpu_sandboxes() -> None:
+    cpus = len(os.sched_getaffinity(0))
+    async with scheduler(instances_per_cpu=1, max_instances=cpus + 4) as (s, funclet):
+        s.observe("a", COMPUTING)
+        assert await _instances_before_queueing(s, target("a"), cpus + 4) == cpus
+        assert len(funclet.acquired) == cpus
+
+
+@run
+async def test_a_function_whose_calls_wait_keeps_every_instance() -> None:
+    async with scheduler(instances_per_cpu=1, max_instances=6) as (s, _):
+        s.observe("a", {"run_s": 1.0, "cpu_demand_s": 0.01})
+        assert await _instances_before_queueing(s, target("a"), 7) == 6
+
+
+@run
+async def test_no_cap_by_cpu_share_when_turned_off_or_not_reported() -> None:
+    async with scheduler(instances_per_cpu=0, max_instances=6) as (s, _):
+        s.observe("a", COMPUTING)
+        assert await _instances_before_queueing(s, target("a"), 7) == 6
+    async with scheduler(instances_per_cpu=1, max_instances=6) as (s, _):
+        s.observe("b", {"run_s": "1", "cpu_demand_s": True})  # not numbers: ignored
+        s.observe("b", {})  # a runtime that does not report (nodejs)
+        assert await _instances_before_queueing(s, target("b"), 7) == 6

@@ -239,3 +239,32 @@ def test_malformed_frame_drops_only_its_connection(loaded: tuple[str, RunnerProc
         bad.sendall(struct.pack(">II", 10, 50) + b"0123456789")  # header longer than the frame
         assert bad.recv(100) == b""
     assert loaded[1].call("ping")[0]["ok"] is True
+
+
+COMPUTE_OR_WAIT = """
+import time
+
+
+def handler(event, context):
+    end = time.perf_counter() + 0.05
+    if event["compute"]:
+        while time.perf_counter() < end:
+            pass
+    else:
+        time.sleep(0.05)  # the call waits, as on I/O
+    return {}
+"""
+
+
+def test_python_runner_reports_how_much_of_a_call_computes(tmp_path: Path) -> None:
+    """The share the scheduler caps computing functions by (scheduler.instances_per_cpu)."""
+    with running("python3", write_function(tmp_path, {"index.py": COMPUTE_OR_WAIT})) as runner:
+        assert runner.load("index.handler")["ok"]
+        computing, _ = runner.invoke({"compute": True})
+        waiting, _ = runner.invoke({"compute": False})
+    for resp in (computing, waiting):
+        assert resp["ok"], resp
+        assert resp["run_s"] >= 0.05
+    # Time spent waiting for a busy CPU counts as computing: a loaded machine changes nothing.
+    assert computing["cpu_demand_s"] / computing["run_s"] > 0.8
+    assert waiting["cpu_demand_s"] / waiting["run_s"] < 0.2

@@ -107,6 +107,7 @@ class Invoker:
             # slot cannot be trusted any more.
             self.scheduler.drop_later(sb, f"inv={request_id} abandoned by its caller")
             raise
+        self.scheduler.observe(target.name, header)
         self.scheduler.release(sb)
         self.metrics.observe("invoke", target.name, time.monotonic() - invoke_start)
         call_log = str(header.get("log") or "")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import os
 import time
 from collections import deque
 from typing import Any
@@ -25,6 +27,8 @@ log = logging.getLogger("easyfaas.controller")
 
 # A cold start may take a while on a busy edge box; the handler import gets its own timeout.
 ACQUIRE_TIMEOUT_S = 30.0
+# How fast a function's CPU share follows its latest calls (weight of the newest call).
+SHARE_WEIGHT = 0.1
 
 
 class _Waiter:
@@ -57,6 +61,10 @@ class Scheduler:
         self._closing = False
         self._kicking = False
         self._kick_again = False
+        # Per function: the share of its calls' run time they spent computing or waiting for a
+        # CPU, as the runners report it (moving average). See ``_instance_limit``.
+        self._cpu_share: dict[str, float] = {}
+        self._cpus = len(os.sched_getaffinity(0))
 
     # -- taking and giving back a slot ----------------------------------------------------------
 
@@ -136,8 +144,30 @@ class Scheduler:
         self._starting_mb += target.memory
         return True
 
-    def _room_for_instance(self, target: Target) -> bool:
+    def observe(self, name: str, header: wire.Header) -> None:
+        """Take note of what one call of ``name`` used, from its runner's answer."""
+        run, demand = header.get("run_s"), header.get("cpu_demand_s")
+        if not isinstance(run, float) or not isinstance(demand, float) or run <= 0:
+            return  # a runtime that does not say (nodejs), or a kernel without schedstat
+        share = min(max(demand / run, 0.0), 1.0)  # the runner is the function's: trust nothing
+        old = self._cpu_share.get(name)
+        self._cpu_share[name] = share if old is None else old + SHARE_WEIGHT * (share - old)
+
+    def _instance_limit(self, target: Target) -> int:
+        """``max_instances``, and for a function whose calls compute no more sandboxes than
+        ``instances_per_cpu`` per CPU they could use. On a busy CPU each more computing sandbox
+        adds no throughput, only preemptions that cost every call its caches (measured:
+        docs/performance.md); a function whose calls wait (on I/O, a sensor) has a small share
+        and keeps every instance it is allowed."""
         limit = target.max_instances or self.cfg.scheduler.max_instances
+        per_cpu = self.cfg.scheduler.instances_per_cpu
+        share = self._cpu_share.get(target.name)
+        if per_cpu > 0 and share:
+            limit = min(limit, max(1, math.ceil(per_cpu * self._cpus / share)))
+        return limit
+
+    def _room_for_instance(self, target: Target) -> bool:
+        limit = self._instance_limit(target)
         mine = [sb for sb in self.sandboxes if sb.target.name == target.name]
         if len(mine) + self._starting.get(target.name, 0) < limit:
             return True
@@ -298,6 +328,8 @@ class Scheduler:
         """Retire sandboxes that are no longer the live version (or whose function is gone):
         calls in flight finish there, new calls go to the new version."""
         live = None if record is None else (record.get("version"), record.get("code_sha256"))
+        if record is None:
+            self._cpu_share.pop(name, None)
         retired = 0
         for sb in [s for s in self.sandboxes if s.target.name == name]:
             if (sb.target.version, sb.target.code_sha256) == live:
