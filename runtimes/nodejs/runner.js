@@ -14,6 +14,8 @@ const { pathToFileURL } = require('url');
 
 const MAX_FRAME = 64 * 1024 * 1024; // same cap as engine/easyfaas/wire.py
 const LOG_CAP = 64 * 1024; // a call's log keeps its last 64 KiB
+// Calls whose use of the CPU is measured: one in this many, the first included (as runner.py).
+const USAGE_EVERY = 8;
 
 class RunnerError extends Error {
   constructor(errorType, message, stackTrace) {
@@ -194,6 +196,38 @@ function dumpResult(result) {
   }
 }
 
+// ---- CPU use ----------------------------------------------------------------------------------
+
+let schedstatFd = null;
+
+// How long this process has run, plus how long its JavaScript thread waited for a CPU, in µs;
+// null where the kernel does not say. The controller compares a call's share of this with its
+// run time to tell calls that compute from calls that wait (scheduler.instances_per_cpu); as in
+// runner.py, the wait counts, since on a busy CPU a computing call spends much of its time
+// waiting to run. Process-wide CPU time: with several calls in flight it is the sandbox's.
+function cpuDemandUs() {
+  if (schedstatFd === null) {
+    try {
+      schedstatFd = fs.openSync('/proc/thread-self/schedstat', 'r');
+    } catch {
+      schedstatFd = -1;
+    }
+  }
+  if (schedstatFd < 0) return null;
+  const buf = Buffer.alloc(128);
+  let waitedNs;
+  try {
+    const n = fs.readSync(schedstatFd, buf, 0, buf.length, 0);
+    waitedNs = Number(buf.toString('latin1', 0, n).split(' ')[1]);
+  } catch {
+    schedstatFd = null; // a handler closed it: open it again next time
+    return null;
+  }
+  if (!Number.isFinite(waitedNs)) return null;
+  const used = process.cpuUsage();
+  return used.user + used.system + waitedNs / 1000;
+}
+
 // ---- protocol ---------------------------------------------------------------------------------
 
 class Runner {
@@ -202,6 +236,7 @@ class Runner {
     this.fn = null;
     this.handler = null;
     this.loadTried = false;
+    this.calls = 0;
   }
 
   async handle(header, payload) {
@@ -210,10 +245,19 @@ class Runner {
       throw new RunnerError('Runtime.BadRequest', `unknown op ${JSON.stringify(header.op)}`);
     }
     const log = new LogBuffer();
+    const measured = header.op === 'invoke' && this.calls++ % USAGE_EVERY === 0;
+    const started = performance.now();
+    const demand = measured ? cpuDemandUs() : null;
     try {
       const body = await currentLog.run(log, () =>
         header.op === 'load' ? this.load(header) : this.invoke(header, payload));
-      return [{ ok: true, log: log.text() }, body];
+      const usage = {};
+      const demandEnd = demand === null ? null : cpuDemandUs();
+      if (demandEnd !== null) {
+        usage.run_s = (performance.now() - started) / 1000;
+        usage.cpu_demand_s = (demandEnd - demand) / 1e6;
+      }
+      return [{ ok: true, log: log.text(), ...usage }, body];
     } catch (err) {
       const error = err instanceof RunnerError ? err : userError(err);
       return [{ ok: false, error: error.toWire(), log: log.text() }, Buffer.alloc(0)];

@@ -264,6 +264,8 @@ async def test_a_function_whose_calls_compute_gets_instances_per_cpu_sandboxes()
         s.observe("a", COMPUTING)
         assert await _instances_before_queueing(s, target("a"), cpus + 4) == cpus
         assert len(funclet.acquired) == cpus
+        s.observe("b", {"run_s": 2, "cpu_demand_s": 2})  # whole numbers arrive as JSON ints
+        assert await _instances_before_queueing(s, target("b"), cpus + 4) == cpus
 
 
 @run

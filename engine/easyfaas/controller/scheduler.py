@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections import deque
-from typing import Any
+from typing import Any, TypeGuard
 
 from .. import wire
 from ..config import Config
@@ -29,6 +29,10 @@ log = logging.getLogger("easyfaas.controller")
 ACQUIRE_TIMEOUT_S = 30.0
 # How fast a function's CPU share follows its latest calls (weight of the newest call).
 SHARE_WEIGHT = 0.1
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class _Waiter:
@@ -147,8 +151,8 @@ class Scheduler:
     def observe(self, name: str, header: wire.Header) -> None:
         """Take note of what one call of ``name`` used, from its runner's answer."""
         run, demand = header.get("run_s"), header.get("cpu_demand_s")
-        if not isinstance(run, float) or not isinstance(demand, float) or run <= 0:
-            return  # a runtime that does not say (nodejs), or a kernel without schedstat
+        if not (_is_number(run) and _is_number(demand)) or run <= 0:
+            return  # a runtime that does not say, or a kernel without schedstat
         share = min(max(demand / run, 0.0), 1.0)  # the runner is the function's: trust nothing
         old = self._cpu_share.get(name)
         self._cpu_share[name] = share if old is None else old + SHARE_WEIGHT * (share - old)
