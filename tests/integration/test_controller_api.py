@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import os
 import socket
 
 import orjson
@@ -211,6 +212,12 @@ async def test_ops_routes() -> None:
         assert 'easyfaas_cold_starts_total{function="f"} 1' in text
         assert 'easyfaas_sandboxes{state="warm"} 1' in text
         assert "easyfaas_async_queue_depth" in text
+        # A measured call that only computed: the function's share and the cap it sets.
+        await h.request("POST", INVOKE.format("f"), b'{"usage": [0.01, 0.01]}')
+        _, _, body = await h.request("GET", "/metrics")
+        cap = 4 * len(os.sched_getaffinity(0))  # the default instances_per_cpu, share 1
+        assert 'easyfaas_function_cpu_share{function="f"} 1.000' in body.decode()
+        assert f'easyfaas_function_cpu_instance_cap{{function="f"}} {cap}' in body.decode()
 
 
 @run

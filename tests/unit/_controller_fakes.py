@@ -86,7 +86,11 @@ class FakeRunner:
                 "errorType": "ValueError", "errorMessage": event["fail"]}}, b""
         result = {"sandbox": self.id, "version": self.loaded and self.loaded["version"],
                   "event": event}
-        return {"log": f"handled {header['request_id']}\n"}, json.dumps(result).encode()
+        usage = {}
+        if event.get("usage"):  # what a real runner reports of a measured call
+            usage = {"run_s": event["usage"][0], "cpu_demand_s": event["usage"][1]}
+        return ({"log": f"handled {header['request_id']}\n", **usage},
+                json.dumps(result).encode())
 
 
 class FakeFunclet:

@@ -121,9 +121,14 @@ def test_metrics_text() -> None:
     m.count("a", "ok")
     m.observe("invoke", "a", 0.002)
     m.cold_starts["a"] += 1
-    text = m.render({"warm": 1, "busy": 0}, {"queued": 2, "running": 0})
+    text = m.render({"warm": 1, "busy": 0}, {"queued": 2, "running": 0},
+                    {"a": (0.9712, 5), "b": (0.5, None)})
     assert 'easyfaas_invocations_total{function="a",outcome="ok"} 1' in text
     assert 'easyfaas_stage_seconds_bucket{stage="invoke",function="a",le="0.0025"} 1' in text
     assert 'easyfaas_stage_seconds_bucket{stage="invoke",function="a",le="0.001"} 0' in text
     assert 'easyfaas_cold_starts_total{function="a"} 1' in text
     assert 'easyfaas_async_queue_depth{status="queued"} 2' in text
+    assert 'easyfaas_function_cpu_share{function="a"} 0.971' in text
+    assert 'easyfaas_function_cpu_instance_cap{function="a"} 5' in text
+    assert 'easyfaas_function_cpu_share{function="b"} 0.500' in text
+    assert 'easyfaas_function_cpu_instance_cap{function="b"}' not in text

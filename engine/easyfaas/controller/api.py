@@ -201,7 +201,8 @@ def _add_ops_routes(app: Sanic, ctl: Controller) -> None:
 
     @app.get("/metrics")
     async def metrics(request: Request) -> HTTPResponse:
-        text = ctl.metrics.render(ctl.scheduler.counts(), await ctl.queue.depth())
+        text = ctl.metrics.render(ctl.scheduler.counts(), await ctl.queue.depth(),
+                                  ctl.scheduler.cpu_caps())
         return HTTPResponse(text, content_type="text/plain; version=0.0.4")
 
 

@@ -49,7 +49,8 @@ class Metrics:
             hist = self.stages[(stage, function)] = Histogram()
         hist.observe(seconds)
 
-    def render(self, sandboxes: dict[str, int], queue_depth: dict[str, int]) -> str:
+    def render(self, sandboxes: dict[str, int], queue_depth: dict[str, int],
+               cpu_caps: dict[str, tuple[float, int | None]]) -> str:
         """The exposition text; gauges are passed in because other objects own that state."""
         out = ["# TYPE easyfaas_invocations_total counter"]
         for (fn, outcome), n in sorted(self.invocations.items()):
@@ -66,4 +67,11 @@ class Metrics:
         out.append("# TYPE easyfaas_async_queue_depth gauge")
         for status, n in sorted(queue_depth.items()):
             out.append(f'easyfaas_async_queue_depth{{status="{status}"}} {n}')
+        out.append("# TYPE easyfaas_function_cpu_share gauge")
+        for fn, (share, _) in sorted(cpu_caps.items()):
+            out.append(f'easyfaas_function_cpu_share{{function="{fn}"}} {share:.3f}')
+        out.append("# TYPE easyfaas_function_cpu_instance_cap gauge")
+        for fn, (_, cap) in sorted(cpu_caps.items()):
+            if cap is not None:
+                out.append(f'easyfaas_function_cpu_instance_cap{{function="{fn}"}} {cap}')
         return "\n".join(out) + "\n"

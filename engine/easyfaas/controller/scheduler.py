@@ -164,11 +164,18 @@ class Scheduler:
         docs/performance.md); a function whose calls wait (on I/O, a sensor) has a small share
         and keeps every instance it is allowed."""
         limit = target.max_instances or self.cfg.scheduler.max_instances
+        cap = self._cpu_cap(self._cpu_share.get(target.name))
+        return limit if cap is None else min(limit, cap)
+
+    def _cpu_cap(self, share: float | None) -> int | None:
         per_cpu = self.cfg.scheduler.instances_per_cpu
-        share = self._cpu_share.get(target.name)
-        if per_cpu > 0 and share:
-            limit = min(limit, max(1, math.ceil(per_cpu * self._cpus / share)))
-        return limit
+        if per_cpu <= 0 or not share:
+            return None
+        return max(1, math.ceil(per_cpu * self._cpus / share))
+
+    def cpu_caps(self) -> dict[str, tuple[float, int | None]]:
+        """Per function that reported its use: (CPU share, the sandbox cap it sets, if any)."""
+        return {name: (share, self._cpu_cap(share)) for name, share in self._cpu_share.items()}
 
     def _room_for_instance(self, target: Target) -> bool:
         limit = self._instance_limit(target)
