@@ -146,7 +146,7 @@ class Runner:
 
 _schedstat = threading.local()
 # Calls whose use of the CPU is measured: one in this many, the first included (measuring costs
-# two reads of /proc, ~5 µs, a third of a trivial call; the controller keeps an average).
+# ~5 µs, as much as the runner's own handling of a trivial call; the controller keeps an average).
 USAGE_EVERY = 8
 
 
