@@ -246,8 +246,9 @@ class Runner {
     }
     const log = new LogBuffer();
     const measured = header.op === 'invoke' && this.calls++ % USAGE_EVERY === 0;
-    const started = performance.now();
+    // Demand first: the first reading opens /proc, which is no part of the call.
     const demand = measured ? cpuDemandUs() : null;
+    const started = performance.now();
     try {
       const body = await currentLog.run(log, () =>
         header.op === 'load' ? this.load(header) : this.invoke(header, payload));

@@ -87,7 +87,9 @@ class Runner:
             else:
                 measured = self._calls % USAGE_EVERY == 0
                 self._calls += 1  # unlocked: a lost count only moves which call is measured
-                started, demand = time.perf_counter(), _cpu_demand_ns() if measured else None
+                # Demand first: the first reading opens /proc, which is no part of the call.
+                demand = _cpu_demand_ns() if measured else None
+                started = time.perf_counter()
                 body = self._captured(log, lambda: self._invoke(header, payload, log))
                 if demand is not None and (demand_end := _cpu_demand_ns()) is not None:
                     usage = {"run_s": time.perf_counter() - started,
