@@ -199,6 +199,7 @@ function dumpResult(result) {
 // ---- CPU use ----------------------------------------------------------------------------------
 
 let schedstatFd = null;
+const schedstatBuf = Buffer.alloc(128); // one thread runs JavaScript: one buffer serves every read
 
 // How long this process has run, plus how long its JavaScript thread waited for a CPU, in µs;
 // null where the kernel does not say. The controller compares a call's share of this with its
@@ -214,11 +215,10 @@ function cpuDemandUs() {
     }
   }
   if (schedstatFd < 0) return null;
-  const buf = Buffer.alloc(128);
   let waitedNs;
   try {
-    const n = fs.readSync(schedstatFd, buf, 0, buf.length, 0);
-    waitedNs = Number(buf.toString('latin1', 0, n).split(' ')[1]);
+    const n = fs.readSync(schedstatFd, schedstatBuf, 0, schedstatBuf.length, 0);
+    waitedNs = Number(schedstatBuf.toString('latin1', 0, n).split(' ')[1]);
   } catch {
     schedstatFd = null; // a handler closed it: open it again next time
     return null;

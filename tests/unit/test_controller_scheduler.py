@@ -282,5 +282,5 @@ async def test_no_cap_by_cpu_share_when_turned_off_or_not_reported() -> None:
         assert await _instances_before_queueing(s, target("a"), 7) == 6
     async with scheduler(instances_per_cpu=1, max_instances=6) as (s, _):
         s.observe("b", {"run_s": "1", "cpu_demand_s": True})  # not numbers: ignored
-        s.observe("b", {})  # a runtime that does not report (nodejs)
+        s.observe("b", {})  # a call that was not measured, or a kernel without schedstat
         assert await _instances_before_queueing(s, target("b"), 7) == 6
