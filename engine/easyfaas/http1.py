@@ -138,10 +138,12 @@ def encode_response(resp: HttpResponse, keep_alive: bool, head_only: bool) -> li
 class _Connection(FlowControlled):
     """One client connection: parse, queue, answer in order."""
 
-    def __init__(self, handler: Handler, connections: set[_Connection], max_body: int):
+    def __init__(self, handler: Handler, connections: set[_Connection], max_body: int,
+                 run_to_end: bool):
         super().__init__()
         self.handler = handler
         self.max_body = max_body
+        self.run_to_end = run_to_end
         self.connections = connections
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
@@ -210,7 +212,12 @@ class _Connection(FlowControlled):
         self.connections.discard(self)
         self._disarm()
         self.queue.clear()
-        if self.task is not None:
+        if self.task is not None and self.run_to_end:
+            # Nobody reads the answer any more, but the work goes on: hold the task, whose
+            # only other holders may be the futures it waits for.
+            _unanswered.add(self.task)
+            self.task.add_done_callback(_unanswered.discard)
+        elif self.task is not None:
             self.task.cancel()  # the caller is gone: stop waiting for its answer
         self._release_writers()
 
@@ -375,11 +382,17 @@ class _Connection(FlowControlled):
             raise _Refused(431, f"request line and headers over {MAX_HEAD} bytes")
 
 
+# Answers whose client hung up, made to their end on a ``run_to_end`` server.
+_unanswered: set[asyncio.Task[None]] = set()
+
+
 @asynccontextmanager
-async def serving(handler: Handler, listen: str,
-                  max_body: int | None = None) -> AsyncIterator[str]:
+async def serving(handler: Handler, listen: str, max_body: int | None = None,
+                  run_to_end: bool = False) -> AsyncIterator[str]:
     """Serve ``handler`` on ``listen`` for the duration of the block; yields the bound address.
-    Request bodies may be up to ``max_body`` bytes (default ``MAX_BODY``).
+    Request bodies may be up to ``max_body`` bytes (default ``MAX_BODY``). A client that hangs
+    up cancels the handling of its request, unless ``run_to_end``: then the handler finishes and
+    its answer is dropped.
 
     On leaving: stop accepting, close idle connections, give answers in flight ``STOP_GRACE_S``.
     """
@@ -387,8 +400,8 @@ async def serving(handler: Handler, listen: str,
     connections: set[_Connection] = set()
     loop = asyncio.get_running_loop()
     limit = MAX_BODY if max_body is None else max_body
-    server = await loop.create_server(lambda: _Connection(handler, connections, limit),
-                                      sock=sock)
+    server = await loop.create_server(
+        lambda: _Connection(handler, connections, limit, run_to_end), sock=sock)
     try:
         yield address(sock)
     finally:

@@ -48,9 +48,10 @@ class Client:
 
 
 def serve(handler: Callable[[http1.Request], Awaitable[HttpResponse]],
-          test: Callable[[Callable[[], Awaitable[Client]]], Awaitable[None]]) -> None:
+          test: Callable[[Callable[[], Awaitable[Client]]], Awaitable[None]],
+          run_to_end: bool = False) -> None:
     async def main() -> None:
-        async with http1.serving(handler, "127.0.0.1:0") as addr:
+        async with http1.serving(handler, "127.0.0.1:0", run_to_end=run_to_end) as addr:
             host, port = addr.rsplit(":", 1)
 
             async def connect() -> Client:
@@ -318,6 +319,41 @@ def test_a_client_that_hangs_up_cancels_its_call() -> None:
         await asyncio.wait_for(cancelled.wait(), TIMEOUT)
 
     serve(handler, test)
+
+
+def test_a_run_to_end_server_finishes_the_call_of_a_client_that_hung_up() -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+    finished: list[str] = []
+
+    async def handler(request: http1.Request) -> HttpResponse:
+        started.set()
+        await release.wait()
+        finished.append(request.path)
+        return echo(request)
+
+    async def test(connect: Callable[[], Awaitable[Client]]) -> None:
+        gone = await connect()
+        await gone.send(get("/gone"))
+        await asyncio.wait_for(started.wait(), TIMEOUT)
+        gone.writer.close()
+        await gone.writer.wait_closed()
+        # Once the server has read the hang-up it holds the answer's task (a cancelled one
+        # would not be held: this wait then times out).
+        deadline = asyncio.get_running_loop().time() + TIMEOUT
+        while not http1._unanswered:
+            assert asyncio.get_running_loop().time() < deadline, "the hang-up was not seen"
+            await asyncio.sleep(0.01)
+        held = list(http1._unanswered)
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*held), TIMEOUT)
+        assert finished == ["/gone"]
+        # The server serves on.
+        other = await connect()
+        await other.send(get("/next"))
+        assert (await other.response())[0] == 200
+
+    serve(handler, test, run_to_end=True)
 
 
 def test_stopping_finishes_the_answer_in_flight_then_closes() -> None:

@@ -9,13 +9,12 @@ app's, reached through ``asgi.AsgiApp``. Errors are mapped to HTTP in one place,
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
 import logging
 import re
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import orjson
@@ -39,9 +38,6 @@ MAX_LOG_LINES = 10000
 # zip may be larger than the events the trigger takes (bundles unpack to up to 256 MiB).
 MAX_BODY = 100_000_000
 INVOKE_ROUTE = re.compile(r"/v1/functions/([^/]+)/invocations")
-T = TypeVar("T")
-# Calls whose caller hung up, running to their end (the loop keeps only weak references).
-_orphans: set[asyncio.Task[Any]] = set()
 
 
 def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> HTTPResponse:
@@ -134,7 +130,7 @@ async def _invoke(ctl: Controller, request: http1.Request, name: str) -> http1.H
     if invoke_type != "common":
         raise InvalidParameter(f"X-easyfaas-Invoke-Type must be common or event, "
                                f"not {invoke_type!r}")
-    result = await _to_the_end(ctl.invoker.call(name, qualifier, payload, request_id))
+    result = await ctl.invoker.call(name, qualifier, payload, request_id)
     return _invoke_response(request, result)
 
 
@@ -204,20 +200,6 @@ def _add_ops_routes(app: Sanic, ctl: Controller) -> None:
         text = ctl.metrics.render(ctl.scheduler.counts(), await ctl.queue.depth(),
                                   ctl.scheduler.cpu_caps())
         return HTTPResponse(text, content_type="text/plain; version=0.0.4")
-
-
-async def _to_the_end(call: Coroutine[Any, Any, T]) -> T:
-    """Await ``call`` in a task of its own, which the caller hanging up does not cancel.
-
-    A call the engine has accepted runs to its end, as through the trigger: a function is not
-    killed halfway through its work because a client went away, its log is kept, and its
-    sandbox stays warm (cancelling the call would have to destroy it: the handler may still be
-    running in there).
-    """
-    task = asyncio.ensure_future(call)
-    _orphans.add(task)
-    task.add_done_callback(_orphans.discard)
-    return await asyncio.shield(task)
 
 
 def _invoke_response(request: http1.Request, result: CallResult) -> http1.HttpResponse:

@@ -83,7 +83,12 @@ async def run(cfg: Config, stop: asyncio.Event) -> None:
     api = AsgiApp(build_app(ctl))
     try:
         await api.startup()
-        async with http1.serving(build_handler(ctl, api), cfg.api.listen, MAX_BODY) as addr:
+        # Run to the end: a call the engine has accepted finishes, as through the trigger, when
+        # its client hangs up. Cancelling it would have to destroy its sandbox (the handler may
+        # still be running in there) and lose its log; a management request finishes too, so
+        # a hang-up never leaves one half done.
+        async with http1.serving(build_handler(ctl, api), cfg.api.listen, MAX_BODY,
+                                 run_to_end=True) as addr:
             write_addr(addr_file, addr)
             await _wait_snapshot(ctl.registry, stop)
             background.append(asyncio.create_task(ctl.queue.run(stop), name="async-workers"))
