@@ -18,8 +18,50 @@ import types
 from collections.abc import Callable
 from typing import Any, Protocol
 
-# Made once: ``json.dumps`` with options builds a new encoder on every call.
-_RESULT_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+# ---- JSON on the call path ---------------------------------------------------------------------
+# The stdlib's C scanner and encoder without its per-call set-up: ``json.loads`` of bytes
+# detects their encoding and runs two whitespace regexes around the scanner, and
+# ``JSONEncoder.encode`` makes a new C encoder for every value. Together ~4.5 of the ~11 µs a
+# trivial call costs in the runner's own loop (header and event in, result and header out).
+# Whatever the shortcuts do not take goes through the stdlib, so values and errors are its own.
+
+_SCAN = json.JSONDecoder().scan_once
+
+
+def loads(data: bytes | bytearray) -> Any:
+    """``json.loads(data)``; the engine sends UTF-8 with no whitespace around the value."""
+    try:
+        text = data.decode()
+        value, end = _SCAN(text, 0)
+    except (UnicodeDecodeError, StopIteration, ValueError, RecursionError):
+        return json.loads(data)
+    return value if end == len(text) else json.loads(data)
+
+
+class JsonWriter:
+    """``JSONEncoder(ensure_ascii=False, allow_nan=allow_nan).encode`` with its C encoder made
+    once. That one skips the check for circular references: a value that has one recurses
+    until Python's limit, and the stdlib encoder then raises its usual error."""
+
+    def __init__(self, allow_nan: bool):
+        self._stdlib = json.JSONEncoder(ensure_ascii=False, allow_nan=allow_nan)
+        make = json.encoder.c_make_encoder
+        try:
+            self._c = make(None, self._stdlib.default, json.encoder.encode_basestring, None,
+                           ": ", ", ", False, False, allow_nan) if make else None
+        except TypeError:  # another Python's signature: the stdlib way
+            self._c = None
+
+    def encode(self, value: Any) -> str:
+        if self._c is None:
+            return self._stdlib.encode(value)
+        try:
+            return "".join(self._c(value, 0))
+        except RecursionError:
+            return self._stdlib.encode(value)
+
+
+_RESULT_JSON = JsonWriter(allow_nan=False)
 
 
 class Log(Protocol):
@@ -97,11 +139,11 @@ class Context:
 
 
 def parse_event(payload: bytes) -> Any:
-    if not payload.strip():
-        return {}
     try:
-        return json.loads(payload)
+        return loads(payload)
     except ValueError as e:
+        if not payload.strip():
+            return {}
         raise RunnerError("Runtime.InvalidEvent", f"the event is not valid JSON: {e}") from None
 
 

@@ -55,8 +55,7 @@ _HEAD = struct.Struct(">II")
 
 Header = dict[str, Any]
 
-# Made once: ``json.dumps`` with options builds a new encoder on every call.
-_HEADER_JSON = json.JSONEncoder(ensure_ascii=False)
+_HEADER_JSON = _runtimes.JsonWriter(allow_nan=True)
 
 
 # ---- protocol ----------------------------------------------------------------------------------
@@ -215,7 +214,7 @@ class FrameReader:
         if not self._fill(total + 4):
             raise ConnectionError("connection closed mid-frame")
         buf = self._buf
-        header = json.loads(buf[8:8 + head_len])
+        header = _runtimes.loads(buf[8:8 + head_len])
         payload = bytes(buf[8 + head_len:total + 4])
         del buf[:total + 4]
         if not isinstance(header, dict):
