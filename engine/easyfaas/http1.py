@@ -150,7 +150,11 @@ class _Connection(FlowControlled):
         self.client_ip = ""
         self.queue: deque[tuple[Request, bool, bool]] = deque()  # (request, keep_alive, HEAD)
         self.task: asyncio.Task[None] | None = None  # the answer being made
+        # Loop time by which more must arrive (None while answering), and the one timer that
+        # enforces it, which fires at ``timer_at`` (see ``_arm``).
+        self.deadline: float | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = 0.0
         self.closing = False
         self.last = False  # the server is stopping: the answer in flight is the last one
         self.paused = False
@@ -298,7 +302,7 @@ class _Connection(FlowControlled):
                 self.transport.resume_reading()
             self._wait_for_more()
             return
-        self._disarm()
+        self.deadline = None  # answering: no deadline until the next wait
         request, keep_alive, head_only = self.queue.popleft()
         self.task = self.loop.create_task(self._answer(request, keep_alive, head_only))
 
@@ -361,16 +365,32 @@ class _Connection(FlowControlled):
             self._arm(REQUEST_TIMEOUT_S)
 
     def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self.timer = self.loop.call_later(seconds, self._expired)
+        """Expect more within ``seconds``. The timer moves only when that is sooner than it
+        fires; otherwise it fires, finds the later deadline and sets itself again. A timer made
+        and cancelled per request cost ~2 µs of the trigger's ~50 (uvloop)."""
+        self.deadline = deadline = self.loop.time() + seconds
+        if self.timer is None or deadline < self.timer_at:
+            self._set_timer(deadline)
+
+    def _set_timer(self, at: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer_at = at
+        self.timer = self.loop.call_at(at, self._expired)
 
     def _disarm(self) -> None:
+        self.deadline = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
 
     def _expired(self) -> None:
         self.timer = None
+        if self.deadline is None:
+            return  # answering: the next wait sets the timer again
+        if self.loop.time() < self.deadline:
+            self._set_timer(self.deadline)
+            return
         if self._partial:
             self._refuse(408, "the request did not arrive in time")
         else:

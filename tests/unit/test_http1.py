@@ -211,6 +211,31 @@ def test_a_request_that_does_not_arrive_in_time_is_408_and_idle_ones_close(
     serve(_echo, test)
 
 
+def test_the_idle_clock_runs_between_requests_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keep-alive timeout counts from the end of the last answer: neither an answer that
+    takes longer than it nor a client that comes back often is cut off."""
+    monkeypatch.setattr(http1, "KEEP_ALIVE_TIMEOUT_S", 0.3)
+
+    async def handler(request: http1.Request) -> HttpResponse:
+        if request.path == "/slow":
+            await asyncio.sleep(0.8)  # the handler's work, longer than the idle timeout
+        return echo(request)
+
+    async def test(connect: Callable[[], Awaitable[Client]]) -> None:
+        c = await connect()
+        for _ in range(6):  # 0.1 s apart, 0.6 s in all: twice the idle timeout
+            await c.send(get("/often"))
+            assert (await c.response())[0] == 200
+            await asyncio.sleep(0.1)  # the client's pace under test, not a wait for the server
+        await c.send(get("/slow"))
+        assert (await c.response())[0] == 200
+        await c.send(get("/after"))
+        assert json.loads((await c.response())[2])["path"] == "/after"
+        assert await c.closed()  # and once idle for the timeout, it closes
+
+    serve(handler, test)
+
+
 def test_a_slow_body_that_keeps_moving_is_not_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(http1, "REQUEST_TIMEOUT_S", 0.3)
 
