@@ -133,6 +133,27 @@ async def test_queue_wait_times_out_with_429() -> None:
 
 
 @run
+async def test_each_queued_call_waits_its_own_timeout() -> None:
+    """One timer serves a queue: a call served before its time is up takes nothing from the
+    calls behind it, and each of those times out when its own wait is over."""
+    async with scheduler(max_instances=1, queue_timeout_s=0.6) as (s, _):
+        t = target("a")
+        held = await s.acquire(t)
+        loop = asyncio.get_running_loop()
+        first = asyncio.ensure_future(s.acquire(t))
+        await wait_for(lambda: len(s._queues["a"]) == 1)
+        await asyncio.sleep(0.3)  # the second call comes later: the timing under test
+        queued_at = loop.time()
+        second = asyncio.ensure_future(s.acquire(t))
+        await wait_for(lambda: len(s._queues["a"]) == 2)
+        s.release(held)
+        assert await asyncio.wait_for(first, 2) is held  # served in time
+        with pytest.raises(TooManyRequests, match="within 0.6s"):
+            await asyncio.wait_for(second, 5)
+        assert loop.time() - queued_at >= 0.55  # its own 0.6 s, not the first call's
+
+
+@run
 async def test_queue_is_fifo() -> None:
     async with scheduler(max_instances=1) as (s, _):
         t = target("a")
