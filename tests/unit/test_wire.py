@@ -1,0 +1,61 @@
+"""The engine's framing client against a real unix-socket server: answers, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from typing import Any
+
+import pytest
+from _controller_fakes import run, short_dir
+
+from easyfaas import wire
+
+
+async def _server(path: str) -> asyncio.AbstractServer:
+    """``echo`` answers at once, ``slow`` after ``delay`` seconds, ``never`` not at all."""
+
+    async def handle(header: wire.Header, payload: bytes,
+                     conn: wire.Connection) -> tuple[dict[str, Any], bytes]:
+        if header["op"] == "slow":
+            await asyncio.sleep(header["delay"])  # the peer's work, the timing under test
+        elif header["op"] == "never":
+            await asyncio.Event().wait()
+        return {"op": header["op"]}, payload
+
+    return await wire.start_server(path, handle)
+
+
+@run
+async def test_each_call_times_out_on_its_own_deadline() -> None:
+    root = short_dir()
+    path = str(root / "s.sock")
+    server = await _server(path)
+    client = wire.Client(path)
+    loop = asyncio.get_running_loop()
+    try:
+        # A long wait first, then a shorter one: the shorter times out first, by its own clock.
+        long = asyncio.ensure_future(client.call_raw({"op": "never"}, timeout=30))
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await client.call_raw({"op": "never"}, timeout=0.3)
+        assert 0.25 <= loop.time() - started < 20
+        assert not long.done()
+        # An answer in time is the answer; a late one is dropped; the client goes on.
+        header, body = await client.call_raw({"op": "slow", "delay": 0.05}, b"x", timeout=20)
+        assert (header["op"], body) == ("slow", b"x")
+        with pytest.raises(TimeoutError):
+            await client.call_raw({"op": "slow", "delay": 0.5}, timeout=0.1)
+        assert (await client.call_raw({"op": "echo"}, b"y", timeout=5))[1] == b"y"
+        # Answered after the late one on the same stream: that one came and was dropped.
+        header, body = await client.call_raw({"op": "slow", "delay": 0.6}, b"z", timeout=20)
+        assert (header["op"], body) == ("slow", b"z")
+        long.cancel()
+        # Finished calls leave nothing behind, however many there were.
+        for _ in range(200):
+            await client.call_raw({"op": "echo"}, timeout=5)
+        assert client._deadlines == []
+    finally:
+        await client.close()
+        server.close()
+        shutil.rmtree(root)
