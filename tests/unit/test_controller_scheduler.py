@@ -240,6 +240,26 @@ async def test_new_version_gets_new_calls_while_old_call_finishes() -> None:
 
 
 @run
+async def test_at_the_cap_an_idle_sandbox_of_another_version_makes_room() -> None:
+    """Calls to two versions of one function (a qualifier): at ``max_instances`` the other
+    version's idle sandbox is replaced; a busy one is waited for, then replaced."""
+    async with scheduler(max_instances=1) as (s, funclet):
+        v1 = await s.acquire(target("a", 1))
+        s.release(v1)
+        v2 = await s.acquire(target("a", 2))  # v1 idle: replaced at once
+        assert v2.target.version == 2
+        await wait_for(lambda: v1.id in funclet.destroyed)
+        waiting = asyncio.ensure_future(s.acquire(target("a", 1)))  # v2 busy: wait for it
+        await wait_for(lambda: len(s._queues["a"]) == 1)
+        assert not waiting.done()
+        s.release(v2)
+        again = await asyncio.wait_for(waiting, 5)
+        assert again.target.version == 1 and again is not v1
+        await wait_for(lambda: v2.id in funclet.destroyed)
+        assert [sb.target.version for sb in s.sandboxes] == [1]
+
+
+@run
 async def test_deleted_function_loses_its_sandboxes() -> None:
     async with scheduler() as (s, funclet):
         sb = await s.acquire(target("a"))

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .. import wire
@@ -39,9 +40,10 @@ class Target:
     code_sha256: str
     env: dict[str, str] = field(default_factory=dict, compare=False)
 
-    @property
+    @cached_property
     def key(self) -> tuple[str, int, str]:
-        """Warm sandboxes are shared only between calls with the same key."""
+        """Warm sandboxes are shared only between calls with the same key (made once: the
+        scheduler looks it up several times per call)."""
         return (self.name, self.version, self.code_sha256)
 
     @property

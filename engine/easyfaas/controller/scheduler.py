@@ -70,6 +70,9 @@ class Scheduler:
         # The same sandboxes by target key: every call looks for a warm slot among its own
         # target's sandboxes only, however many other functions have theirs.
         self._by_key: dict[tuple[str, int, str], list[Sandbox]] = {}
+        # How many sandboxes each function has (all versions): the instance cap is checked on
+        # every call that finds no free slot, which under load is most of them.
+        self._instances: dict[str, int] = {}
         # Cold starts in progress, by function: they count against max_instances and memory.
         self._starting: dict[str, int] = {}
         self._starting_mb = 0
@@ -201,11 +204,14 @@ class Scheduler:
 
     def _room_for_instance(self, target: Target) -> bool:
         limit = self._instance_limit(target)
-        mine = [sb for sb in self.sandboxes if sb.target.name == target.name]
-        if len(mine) + self._starting.get(target.name, 0) < limit:
+        count = self._instances.get(target.name, 0)
+        if count + self._starting.get(target.name, 0) < limit:
             return True
+        if count == len(self._by_key.get(target.key, ())):
+            return False  # at the cap, and every sandbox of the function runs this version
         # At the cap: an idle sandbox of another version of this function is stale, reuse its slot.
-        stale = [sb for sb in mine if sb.target.key != target.key and not sb.inflight]
+        stale = [sb for sb in self.sandboxes if sb.target.name == target.name
+                 and sb.target.key != target.key and not sb.inflight]
         if stale:
             self.drop_later(min(stale, key=lambda s: s.last_used), "replaced by another version")
             return True
@@ -316,6 +322,7 @@ class Scheduler:
         self._starting_mb -= target.memory
         self.sandboxes.append(sb)
         self._by_key.setdefault(target.key, []).append(sb)
+        self._instances[target.name] = self._instances.get(target.name, 0) + 1
         return sb
 
     # -- dropping sandboxes ---------------------------------------------------------------------
@@ -339,6 +346,9 @@ class Scheduler:
             same.remove(sb)
             if not same:
                 del self._by_key[sb.target.key]
+            left = self._instances[sb.target.name] = self._instances[sb.target.name] - 1
+            if not left:
+                del self._instances[sb.target.name]
             self._kick()
 
     async def _destroy(self, sb_id: str, target: Target, reason: str) -> dict[str, Any]:
