@@ -117,12 +117,26 @@ class _Refused(Exception):
         self.status = status
 
 
+# Header names seen in answers: whether each may be sent. Bounded, since a function's proxy
+# response may name its headers as it likes; the engine's own few are checked once.
+_NAME_ALLOWED: dict[str, bool] = {}
+
+
+def _allowed(name: str) -> bool:
+    allowed = _NAME_ALLOWED.get(name)
+    if allowed is None:
+        allowed = bool(_TOKEN.fullmatch(name)) and name.lower() not in _FRAMING
+        if len(_NAME_ALLOWED) < 256:
+            _NAME_ALLOWED[name] = allowed
+    return allowed
+
+
 def encode_response(resp: HttpResponse, keep_alive: bool, head_only: bool) -> list[bytes]:
     """The bytes of one response: status line and headers, then the body (if it has one)."""
     status = resp.status
     lines = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b""))]
     for name, value in resp.headers:
-        if not _TOKEN.fullmatch(name) or name.lower() in _FRAMING:
+        if not _allowed(name):
             continue
         lines.append(f"{name}: {value.translate(_CLEAN)}\r\n".encode("utf-8", "surrogateescape"))
     bodiless = status < 200 or status in (204, 304)

@@ -207,10 +207,12 @@ def _invoke_response(request: http1.Request, result: CallResult) -> http1.HttpRe
                ("X-easyfaas-Function-Exectime", f"{result.exectime_ms:.3f}")]
     if result.function_error:
         headers.append(("X-easyfaas-Function-Error", result.function_error))
-    log_b64 = base64.b64encode(result.log_tail().encode()).decode()
-    if (request.header("log-type") or "").lower() == "tail":
+    tail = (request.header("log-type") or "").lower() == "tail"
+    to_body = (request.header("log-to-body") or "").lower() == "true"
+    log_b64 = base64.b64encode(result.log_tail().encode()).decode() if tail or to_body else ""
+    if tail:
         headers.append(("X-easyfaas-Log-Result", log_b64))
-    if (request.header("log-to-body") or "").lower() == "true":
+    if to_body:
         return http1.json_response(200, {"FunctionError": result.function_error or "",
                                          "LogResult": log_b64,
                                          "Payload": result.body.decode("utf-8", "replace")},

@@ -164,6 +164,8 @@ class Scheduler:
             if sb.has_room():
                 if best is None or sb.inflight > best.inflight:
                     best = sb  # pack calls onto busy sandboxes so idle ones can cool down
+                if target.concurrency == 1:
+                    break  # every sandbox with room is idle: the first is the one
         if best is not None:
             best.inflight += 1
             return best
