@@ -184,7 +184,7 @@ class Client:
         self._lock = asyncio.Lock()
         # Calls with a timeout, earliest first: (loop-time deadline, id, future). One timer
         # serves them all, set for the earliest and set again when it fires; a timer made and
-        # cancelled per call cost ~2 µs (uvloop), more than the rest of the call here.
+        # cancelled per call cost ~2.3 µs (uvloop), as much as the rest of sending the call.
         self._deadlines: list[tuple[float, int, asyncio.Future[tuple[Header, bytes]]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
