@@ -263,7 +263,10 @@ class Client:
 
     async def close(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:
-            self._protocol.transport.close()
+            self._protocol.transport.close()  # the calls in flight fail with ConnectionError
+        if self._timer is not None:  # a dropped sandbox's client is not kept alive by it
+            self._timer.cancel()
+            self._timer = None
 
 
 class Connection:
