@@ -232,6 +232,8 @@ class Client:
             return await fut
         finally:
             pending.pop(rid, None)
+            if not fut.done():  # left before its answer (cancelled while sending): no timeout
+                fut.cancel()
             deadlines = self._deadlines
             while deadlines and deadlines[0][2].done():  # this call, and any before it
                 heapq.heappop(deadlines)

@@ -59,3 +59,37 @@ async def test_each_call_times_out_on_its_own_deadline() -> None:
         await client.close()
         server.close()
         shutil.rmtree(root)
+
+
+@run
+async def test_a_call_cancelled_while_sending_leaves_no_timeout_behind() -> None:
+    """A caller cancelled while its big request waits for the peer to read (flow control)
+    has no answer to wait for: nothing of it may time out later."""
+    root = short_dir()
+    path = str(root / "s.sock")
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_unix_server(never_reads, path)
+    client = wire.Client(path)
+    try:
+        call = asyncio.ensure_future(client.call_raw({"op": "x"}, b"x" * (16 << 20), timeout=30))
+        # Its deadline is in once it has written what the socket takes and waits to send the
+        # rest: the push, the write and the wait for flow control are one step of its task.
+        deadline = asyncio.get_running_loop().time() + 10
+        while not client._deadlines:
+            assert asyncio.get_running_loop().time() < deadline, "the call never started"
+            await asyncio.sleep(0.01)
+        assert not call.done()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert client._deadlines == []
+    finally:
+        await client.close()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        shutil.rmtree(root)
