@@ -15,7 +15,6 @@ Importing it loads its two parts beside it (``_easyfaas_logs``: log capture,
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import queue
 import socket
@@ -107,7 +106,7 @@ class Runner:
         log = LogBuffer()
         self._captured(log, lambda: dump_result([parse_event(b'{"a": 1}'), context.function_name]))
         head, body = self.handle({"op": "ping"}, b"")
-        json.loads(_encode({**head, "id": 0, "log": log.text()}, body)[8:])
+        _runtimes.loads(_encode({**head, "id": 0, "log": log.text()}, body)[8:])
 
     def _captured(self, log: LogBuffer, call: Callable[[], bytes]) -> bytes:
         token = _logs._current_log.set(log)
@@ -377,7 +376,7 @@ def warm_up() -> None:
     in the zygote before it forks: the first ``compile`` of a process builds the AST types
     (~1.5 ms), the first JSON round trip sets up the codecs."""
     compile("def handler(event, context):\n    return {'ok': event}\n", "<warm-up>", "exec")
-    json.loads(json.dumps({"warm": ["up", 1.5, None]}, ensure_ascii=False))
+    _runtimes.loads(_HEADER_JSON.encode({"warm": ["up", 1.5, None]}).encode())
 
 
 def main(argv: list[str] | None = None) -> int:
