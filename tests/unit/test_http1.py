@@ -7,6 +7,7 @@ import json
 from collections.abc import Awaitable, Callable
 
 import pytest
+from _controller_fakes import wait_for
 
 from easyfaas import http1
 from easyfaas.http1 import HttpResponse
@@ -365,10 +366,7 @@ def test_a_run_to_end_server_finishes_the_call_of_a_client_that_hung_up() -> Non
         await gone.writer.wait_closed()
         # Once the server has read the hang-up it holds the answer's task (a cancelled one
         # would not be held: this wait then times out).
-        deadline = asyncio.get_running_loop().time() + TIMEOUT
-        while not http1._unanswered:
-            assert asyncio.get_running_loop().time() < deadline, "the hang-up was not seen"
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: bool(http1._unanswered), TIMEOUT)
         held = list(http1._unanswered)
         release.set()
         await asyncio.wait_for(asyncio.gather(*held), TIMEOUT)

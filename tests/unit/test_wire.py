@@ -7,7 +7,7 @@ import shutil
 from typing import Any
 
 import pytest
-from _controller_fakes import run, short_dir
+from _controller_fakes import run, short_dir, wait_for
 
 from easyfaas import wire
 
@@ -78,10 +78,7 @@ async def test_a_call_cancelled_while_sending_leaves_no_timeout_behind() -> None
         call = asyncio.ensure_future(client.call_raw({"op": "x"}, b"x" * (16 << 20), timeout=30))
         # Its deadline is in once it has written what the socket takes and waits to send the
         # rest: the push, the write and the wait for flow control are one step of its task.
-        deadline = asyncio.get_running_loop().time() + 10
-        while not client._deadlines:
-            assert asyncio.get_running_loop().time() < deadline, "the call never started"
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: bool(client._deadlines))
         assert not call.done()
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
