@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,16 +36,6 @@ STOP_TIMEOUT = 30.0
 READY_PREFIX = "easyfaas: ready"
 
 Response = tuple[int, dict[str, str], bytes]
-
-
-def wait_until(cond: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    """Poll ``cond`` until it returns something truthy; fail naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    while not (result := cond()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.02)
-    return result
 
 
 def request(url: str, method: str = "GET", body: bytes | None = None,

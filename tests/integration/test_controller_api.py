@@ -11,14 +11,14 @@ import socket
 import orjson
 import pytest
 from _controller_helpers import fakes
+from waiting import async_wait_until
 
 from easyfaas import funclog, wire
 from easyfaas.controller import api
 
 pytestmark = pytest.mark.root
 
-record, run, running_controller, wait_for = (
-    fakes.record, fakes.run, fakes.running_controller, fakes.wait_for)
+record, run, running_controller = fakes.record, fakes.run, fakes.running_controller
 INVOKE = "/v1/functions/{}/invocations"
 
 
@@ -51,7 +51,7 @@ async def _wait_log(h: fakes.Harness, name: str, needle: str) -> str:
         _, _, body = await h.request("GET", f"/v1/functions/{name}/logs?lines=50")
         text = body.decode()
         return needle in text
-    await wait_for(has)
+    await async_wait_until(has)
     return text
 
 
@@ -112,7 +112,7 @@ async def test_platform_errors() -> None:
             assert set(error) == {"Code", "Message", "Cause", "Status", "Type"}
         busy = fakes.asyncio.ensure_future(h.request("POST", INVOKE.format("f"),
                                                      b'{"sleep": 0.5}'))
-        await wait_for(lambda: h.funclet.acquired == ["f@1"])
+        await async_wait_until(lambda: h.funclet.acquired == ["f@1"])
         got, _, answer = await h.request("POST", INVOKE.format("f"))
         assert got == 429 and json.loads(answer)["Code"] == "TooManyRequestsException"
         assert (await busy)[0] == 200
@@ -137,7 +137,7 @@ async def test_async_invoke_and_status() -> None:
             _, _, raw = await h.request("GET", f"/v1/invocations/{inv_id}")
             state = json.loads(raw)
             return bool(state["status"] == "succeeded")
-        await wait_for(done)
+        await async_wait_until(done)
         assert state["result"]["event"] == {"n": 7} and state["attempts"] == 1
         assert set(state) == {"invocationId", "function", "status", "result", "error",
                               "attempts", "createdAt", "updatedAt"}
@@ -183,18 +183,18 @@ async def test_new_version_swaps_without_downtime_and_delete_destroys() -> None:
     async with running_controller([record("f")]) as h:
         slow = fakes.asyncio.ensure_future(h.request("POST", INVOKE.format("f"),
                                                      b'{"sleep": 0.3}'))
-        await wait_for(lambda: h.funclet.acquired == ["f@1"])
+        await async_wait_until(lambda: h.funclet.acquired == ["f@1"])
         h.stubs.publish(record("f", 2))
 
         async def serves_v2() -> bool:
             _, _, body = await h.request("POST", INVOKE.format("f"))
             return bool(json.loads(body)["version"] == 2)
-        await wait_for(serves_v2)
+        await async_wait_until(serves_v2)
         status, _, old = await slow
         assert status == 200 and json.loads(old)["version"] == 1
-        await wait_for(lambda: "sb1" in h.funclet.destroyed)
+        await async_wait_until(lambda: "sb1" in h.funclet.destroyed)
         h.stubs.remove("f")
-        await wait_for(lambda: h.funclet.live() == [])
+        await async_wait_until(lambda: h.funclet.live() == [])
         assert (await h.request("POST", INVOKE.format("f")))[0] == 404
 
 
@@ -233,7 +233,7 @@ async def test_healthz_waits_for_a_registered_trigger() -> None:
 
         async def unhealthy() -> bool:
             return (await h.request("GET", "/healthz"))[0] == 503
-        await wait_for(unhealthy)
+        await async_wait_until(unhealthy)
 
 
 @run
@@ -268,7 +268,7 @@ async def test_caller_hanging_up_mid_call_lets_the_call_finish_in_its_sandbox() 
                      b"X-easyfaas-Request-Id: gone-1\r\n"
                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
         await writer.drain()
-        await wait_for(lambda: h.funclet.events != [])
+        await async_wait_until(lambda: h.funclet.events != [])
         writer.close()
         # The slot is not leaked: the next call waits for the first to finish, in the same
         # sandbox, which was neither killed nor replaced.

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from _controller_helpers import fakes
+from waiting import async_wait_until
 
 from easyfaas import wire
 
@@ -30,12 +31,13 @@ async def start(overrides: dict[str, Any], root: Path) -> tuple[asyncio.subproce
     with (root / "controller.log").open("ab") as err:
         proc = await asyncio.create_subprocess_exec(sys.executable, str(PROC),
                                                     json.dumps(overrides), stderr=err)
-    await fakes.wait_for(lambda: proc.returncode is not None or addr_file.exists(), 15)
+    await async_wait_until(lambda: proc.returncode is not None or addr_file.exists(),
+                           "the controller to listen", timeout=15)
     url = "http://" + addr_file.read_text().strip()
 
     async def healthy() -> bool:
         return (await asyncio.to_thread(fakes.http, "GET", url + "/healthz"))[0] == 200
-    await fakes.wait_for(healthy, 15)
+    await async_wait_until(healthy, "the controller healthy", timeout=15)
     return proc, url
 
 
@@ -75,7 +77,7 @@ async def test_kill_9_and_restart_completes_every_acknowledged_invocation() -> N
         async def some_done() -> bool:
             done = [s for s in (await statuses(url, ids)).values() if s["status"] == "succeeded"]
             return len(done) >= 2
-        await fakes.wait_for(some_done, 10)
+        await async_wait_until(some_done, "two calls to succeed")
         before = await statuses(url, ids)
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
@@ -85,7 +87,7 @@ async def test_kill_9_and_restart_completes_every_acknowledged_invocation() -> N
 
         async def all_done() -> bool:
             return all(s["status"] == "succeeded" for s in (await statuses(url, ids)).values())
-        await fakes.wait_for(all_done, 20)
+        await async_wait_until(all_done, "every call to succeed", timeout=20)
         after = await statuses(url, ids)
         runs = Counter(e["n"] for e in funclet.events)
         for n, inv_id in enumerate(ids):

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 from _functions import HELLO, VERSIONED, atomic_save, deploy, python_fn
+from waiting import wait_until
 
-from engine import Engine, wait_until
+from engine import Engine
 
 pytestmark = pytest.mark.root
 

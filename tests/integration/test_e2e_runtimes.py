@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 from _functions import HELLO, deploy, python_fn
+from waiting import wait_until
 
-from engine import Engine, wait_until
+from engine import Engine
 
 pytestmark = pytest.mark.root
 

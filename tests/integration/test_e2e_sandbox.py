@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import psutil
 import pytest
 from _functions import FORK_BOMB, HELLO, MEMORY_HOG, PROBE, SLEEPY, deploy
+from waiting import wait_until
 
-from engine import Engine, wait_until
+from engine import Engine
 
 pytestmark = pytest.mark.root
 

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _funclet_helpers import make_cfg, state_dir, wait_for
+from _funclet_helpers import make_cfg, state_dir
+from waiting import wait_until
 
 from easyfaas.errors import SandboxError
 from easyfaas.funclet.cgroups.base import MIB, detect
@@ -80,7 +81,8 @@ def test_v2_group_create_kill_remove(sleeper: subprocess.Popen[bytes]) -> None:
         with pytest.raises(SandboxError, match="memory.max"):
             backend.create("sb-b", 64)  # no memory controller here: fails closed
         Path(backend.procs_files("sb-b")[0]).write_text(str(sleeper.pid))
-        wait_for(lambda: str(sleeper.pid) in (group / "cgroup.procs").read_text(), 5, "join")
+        wait_until(lambda: str(sleeper.pid) in (group / "cgroup.procs").read_text(), "join",
+                   timeout=5)
         backend.kill("sb-b")
         assert sleeper.wait(5) == -9
         backend.remove("sb-b")

@@ -12,13 +12,12 @@ from typing import Any
 
 import pytest
 from _funclet_helpers import (
-    async_wait_for,
     make_cfg,
     make_snapshot,
     running,
     state_dir,
-    wait_for,
 )
+from waiting import async_wait_until, wait_until
 
 from easyfaas import wire
 from easyfaas.config import Config
@@ -55,12 +54,12 @@ def test_pool_refills_after_acquire() -> None:
                     cold.update(await _status(funclet))
                     return bool(cold["pools"]["python3"] == 1)
 
-                await _until(pool_full)
+                await async_wait_until(pool_full, "a full pool", timeout=20)
                 before = _cold_python(cold)
                 head, _ = await funclet.call("acquire", runtime="python3", memory=64,
                                              code=snap, label="a@1")
                 assert head["sandbox"]["id"] in before  # served from the pool
-                await _until(pool_full)
+                await async_wait_until(pool_full, "a full pool", timeout=20)
                 now = _cold_python(cold)
                 assert now and not now & before
 
@@ -70,14 +69,6 @@ def test_pool_refills_after_acquire() -> None:
 def _cold_python(status: dict[str, Any]) -> set[str]:
     return {s["id"] for s in status["sandboxes"]
             if s["state"] == "cold" and s["runtime"] == "python3"}
-
-
-async def _until(check: Any, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 def test_validate_loads_the_handler_in_a_throwaway_sandbox() -> None:
@@ -117,7 +108,8 @@ def test_sandboxes_go_with_the_client_that_acquired_them() -> None:
 
                 assert leased in await ids()
                 await owner.close()
-                await _until(lambda: _absent(ids, leased))
+                await async_wait_until(lambda: _absent(ids, leased), "the lease to end",
+                                       timeout=20)
                 assert other["sandbox"]["id"] in await ids()
 
     _run(scenario())
@@ -142,8 +134,8 @@ def test_restart_after_kill_9_cleans_up_leftovers() -> None:
         proc = subprocess.Popen([sys.executable, "-c", SERVE, str(st)], env=env)
         try:
             procs = Path("/sys/fs/cgroup/pids", cfg.instance_id)
-            wait_for(lambda: [p for p in procs.glob("sb-*/cgroup.procs") if p.read_text()],
-                     20, "a pooled sandbox of the first run")
+            wait_until(lambda: [p for p in procs.glob("sb-*/cgroup.procs") if p.read_text()],
+                       "a pooled sandbox of the first run", timeout=20)
             old_pids = [int(p) for f in procs.glob("sb-*/cgroup.procs")
                         for p in f.read_text().split()]
             proc.send_signal(signal.SIGKILL)
@@ -158,8 +150,8 @@ def test_restart_after_kill_9_cleans_up_leftovers() -> None:
             async with running(make_cfg(st, pool_size=0)):
                 assert not [g for g in _leftovers(cfg) if "/sb" in g]  # only the store view
                 assert not list((cfg.run_dir / "sb").iterdir())
-                await async_wait_for(lambda: not [p for p in old_pids if _alive(p)], 10,
-                                     "old sandbox processes to be gone")
+                await async_wait_until(lambda: not [p for p in old_pids if _alive(p)],
+                                       "old sandbox processes to be gone")
             assert not _leftovers(cfg)
 
         _run(restart())

@@ -13,7 +13,6 @@ from typing import Any
 import psutil
 import pytest
 from _funclet_helpers import (
-    async_wait_for,
     invoke,
     load,
     make_cfg,
@@ -21,6 +20,7 @@ from _funclet_helpers import (
     running,
     state_dir,
 )
+from waiting import async_wait_until
 
 from easyfaas import wire
 
@@ -357,7 +357,7 @@ def test_a_zygote_that_died_is_started_again_for_the_next_sandbox() -> None:
                 await serves(funclet, snap, "a@1")
                 [first] = zygotes()
                 first.kill()
-                await async_wait_for(lambda: not zygotes(), what="the zygote to die")
+                await async_wait_until(lambda: not zygotes(), "the zygote to die")
                 await serves(funclet, snap, "b@1")
                 [second] = zygotes()
                 assert second.pid != first.pid

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from waiting import async_wait_until
 
 from easyfaas import config, errors, wire
 from easyfaas.httptrigger import service
@@ -22,14 +23,6 @@ from easyfaas.httptrigger import service
 pytestmark = pytest.mark.root
 
 TIMEOUT = 10.0
-
-
-async def until(cond: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @dataclass
@@ -139,7 +132,7 @@ async def trigger(records: list[dict[str, Any]]) -> AsyncIterator[Env]:
     task = asyncio.create_task(service.run(cfg, stop))
     addr = cfg.run_dir / "http.addr"
     try:
-        await until(lambda: addr.exists() or task.done(), "http.addr")
+        await async_wait_until(lambda: addr.exists() or task.done(), "http.addr")
         env.base = "http://" + addr.read_text().strip()
         yield env
     finally:
@@ -175,7 +168,7 @@ def test_function_route_event_and_json_result() -> None:
         assert event["body"] == '{"k": 1}' and event["httpMethod"] == "POST"
         status, _, _ = await ahttp(env.base + "/healthz")
         assert status == 200
-        await until(lambda: env.controller.registrations == 1, "register")
+        await async_wait_until(lambda: env.controller.registrations == 1, "register")
 
     run(scenario, [])
 
@@ -200,12 +193,12 @@ def test_binary_round_trip_and_errors() -> None:
 
 def test_controller_down_gives_502_then_recovers_and_reregisters() -> None:
     async def scenario(env: Env) -> None:
-        await until(lambda: env.controller.registrations == 1, "first register")
+        await async_wait_until(lambda: env.controller.registrations == 1, "first register")
         await env.stop_server("controller")
         status, _, _ = await ahttp(env.base + "/function/hello")
         assert status == 502
         await env.start_controller()
-        await until(lambda: env.controller.registrations == 2, "register after restart")
+        await async_wait_until(lambda: env.controller.registrations == 2, "register after restart")
         status, _, _ = await ahttp(env.base + "/function/hello")
         assert status == 200
 

@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
-from engine import Engine, wait_until
+from engine import Engine
 
 pytestmark = pytest.mark.root
 

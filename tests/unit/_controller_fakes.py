@@ -13,7 +13,6 @@ import itertools
 import json
 import shutil
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,6 +20,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from waiting import async_wait_until
 
 from easyfaas import config, token, wire
 from easyfaas.config import Config
@@ -190,20 +191,6 @@ def short_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="ef", dir="/tmp"))
 
 
-async def wait_for(check: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0) -> None:
-    """Poll ``check`` until it is true; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if not isinstance(value, bool):
-            value = await value
-        if value:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.01)
-
-
 def http(method: str, url: str, body: bytes | None = None,
          headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     """A blocking HTTP request (run it with ``asyncio.to_thread`` next to an in-loop server)."""
@@ -268,10 +255,10 @@ async def running_controller(records: list[dict[str, Any]], missing: tuple[str, 
     task = asyncio.create_task(service.run(cfg, stop))
     addr_file = cfg.run_dir / "api.addr"
     try:
-        await wait_for(lambda: task.done() or addr_file.exists())
+        await async_wait_until(lambda: task.done() or addr_file.exists())
         url = "http://" + addr_file.read_text().strip()
         harness = Harness(cfg, url, token.read(cfg.token_file), stubs, funclet)
-        await wait_for(lambda: _health_missing(harness, list(missing)))
+        await async_wait_until(lambda: _health_missing(harness, list(missing)))
         yield harness
     finally:
         stop.set()

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _controller_fakes import record, wait_for
+from _controller_fakes import record
+from waiting import async_wait_until
 
 from easyfaas.config import Async
 from easyfaas.controller.asyncq import AsyncQueue
@@ -59,7 +60,7 @@ async def queue(path: Path, invoker: Any, **cfg: Any) -> AsyncIterator[AsyncQueu
 async def terminal(q: AsyncQueue, inv_id: str) -> dict[str, Any]:
     async def done() -> bool:
         return (await q.status(inv_id))["status"] in ("succeeded", "failed", "expired")
-    await wait_for(done)
+    await async_wait_until(done)
     return await q.status(inv_id)
 
 

@@ -10,7 +10,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
-from _controller_fakes import FakeFunclet, make_config, record, run, short_dir, wait_for
+from _controller_fakes import FakeFunclet, make_config, record, run, short_dir
+from waiting import async_wait_until
 
 from easyfaas import wire
 from easyfaas.controller.metrics import Metrics
@@ -80,7 +81,7 @@ async def test_max_instances_makes_calls_wait_for_a_free_slot() -> None:
         t = target("a", max_instances=1)
         first = await s.acquire(t)
         waiting = asyncio.ensure_future(s.acquire(t))
-        await wait_for(lambda: len(s._queues.get("a", ())) == 1)  # it queued, not served
+        await async_wait_until(lambda: len(s._queues.get("a", ())) == 1)  # it queued, not served
         assert not waiting.done()
         s.release(first)
         assert await asyncio.wait_for(waiting, 2) is first
@@ -93,14 +94,14 @@ async def test_a_caller_that_leaves_the_queue_gives_back_nothing_and_loses_nothi
         first = await s.acquire(t)
         # Cancelled while queued: it just leaves the queue.
         waiting = asyncio.ensure_future(s.acquire(t))
-        await wait_for(lambda: len(s._queues["a"]) == 1)
+        await async_wait_until(lambda: len(s._queues["a"]) == 1)
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
         assert len(s._queues["a"]) == 0
         # Cancelled after the slot was handed over, before it ran: the slot comes back.
         waiting = asyncio.ensure_future(s.acquire(t))
-        await wait_for(lambda: len(s._queues["a"]) == 1)
+        await async_wait_until(lambda: len(s._queues["a"]) == 1)
         s.release(first)
         assert len(s._queues["a"]) == 0 and first.inflight == 1  # handed to the waiter
         waiting.cancel()
@@ -116,7 +117,7 @@ async def test_full_queue_is_refused_with_429() -> None:
         t = target("a")
         await s.acquire(t)
         waiting = asyncio.ensure_future(s.acquire(t))
-        await wait_for(lambda: len(s._queues["a"]) == 1)
+        await async_wait_until(lambda: len(s._queues["a"]) == 1)
         with pytest.raises(TooManyRequests, match="queue is full"):
             await s.acquire(t)
         with pytest.raises(TooManyRequests):
@@ -141,11 +142,11 @@ async def test_each_queued_call_waits_its_own_timeout() -> None:
         held = await s.acquire(t)
         loop = asyncio.get_running_loop()
         first = asyncio.ensure_future(s.acquire(t))
-        await wait_for(lambda: len(s._queues["a"]) == 1)
+        await async_wait_until(lambda: len(s._queues["a"]) == 1)
         await asyncio.sleep(0.3)  # the second call comes later: the timing under test
         queued_at = loop.time()
         second = asyncio.ensure_future(s.acquire(t))
-        await wait_for(lambda: len(s._queues["a"]) == 2)
+        await async_wait_until(lambda: len(s._queues["a"]) == 2)
         s.release(held)
         assert await asyncio.wait_for(first, 2) is held  # served in time
         with pytest.raises(TooManyRequests, match="within 0.6s"):
@@ -168,7 +169,7 @@ async def test_queue_is_fifo() -> None:
         tasks = []
         for i in range(3):
             tasks.append(asyncio.ensure_future(call(i)))
-            await wait_for(lambda i=i: len(s._queues["a"]) == i + 1)
+            await async_wait_until(lambda i=i: len(s._queues["a"]) == i + 1)
         s.release(held)
         await asyncio.gather(*tasks)
         assert order == [0, 1, 2]
@@ -183,7 +184,7 @@ async def test_memory_budget_evicts_the_least_recently_used_idle_sandbox() -> No
         s.release(b)
         c = await s.acquire(target("c"))
         assert c.target.name == "c"
-        await wait_for(lambda: a.id in funclet.destroyed)
+        await async_wait_until(lambda: a.id in funclet.destroyed)
         assert b.id not in funclet.destroyed
         assert s.used_mb() <= 256
 
@@ -194,7 +195,7 @@ async def test_memory_budget_queues_when_everything_is_busy() -> None:
         a = await s.acquire(target("a"))
         await s.acquire(target("b"))
         waiting = asyncio.ensure_future(s.acquire(target("c")))
-        await wait_for(lambda: len(s._queues.get("c", ())) == 1)  # it queued, not served
+        await async_wait_until(lambda: len(s._queues.get("c", ())) == 1)  # it queued, not served
         assert not waiting.done() and funclet.destroyed == []
         s.release(a)
         c = await asyncio.wait_for(waiting, 2)
@@ -217,7 +218,7 @@ async def test_idle_sandboxes_cool_down() -> None:
         sb = await s.acquire(target("a"))
         busy = await s.acquire(target("b"))
         s.release(sb)
-        await wait_for(lambda: sb.id in funclet.destroyed)
+        await async_wait_until(lambda: sb.id in funclet.destroyed)
         assert busy.id not in funclet.destroyed
         stop.set()
         await cooler
@@ -229,12 +230,13 @@ async def test_new_version_gets_new_calls_while_old_call_finishes() -> None:
         old = await s.acquire(target("a", 1))
         s.on_change("a", record("a", 2))
         assert old.id not in funclet.destroyed  # still in flight
-        await wait_for(lambda: s.counts() == {"warm": 1, "busy": 1, "starting": 0})  # pre-warmed
+        await async_wait_until(lambda: s.counts() == {"warm": 1, "busy": 1, "starting": 0},
+                               "version 2 pre-warmed")
         new = await s.acquire(target("a", 2))
         assert new is not old and new.target.version == 2
         assert funclet.acquired == ["a@1", "a@2"]
         s.release(old)
-        await wait_for(lambda: old.id in funclet.destroyed)
+        await async_wait_until(lambda: old.id in funclet.destroyed)
         s.release(new)
         assert await s.acquire(target("a", 2)) is new
 
@@ -248,14 +250,14 @@ async def test_at_the_cap_an_idle_sandbox_of_another_version_makes_room() -> Non
         s.release(v1)
         v2 = await s.acquire(target("a", 2))  # v1 idle: replaced at once
         assert v2.target.version == 2
-        await wait_for(lambda: v1.id in funclet.destroyed)
+        await async_wait_until(lambda: v1.id in funclet.destroyed)
         waiting = asyncio.ensure_future(s.acquire(target("a", 1)))  # v2 busy: wait for it
-        await wait_for(lambda: len(s._queues["a"]) == 1)
+        await async_wait_until(lambda: len(s._queues["a"]) == 1)
         assert not waiting.done()
         s.release(v2)
         again = await asyncio.wait_for(waiting, 5)
         assert again.target.version == 1 and again is not v1
-        await wait_for(lambda: v2.id in funclet.destroyed)
+        await async_wait_until(lambda: v2.id in funclet.destroyed)
         assert [sb.target.version for sb in s.sandboxes] == [1]
 
 
@@ -265,7 +267,7 @@ async def test_deleted_function_loses_its_sandboxes() -> None:
         sb = await s.acquire(target("a"))
         s.release(sb)
         s.on_change("a", None)
-        await wait_for(lambda: sb.id in funclet.destroyed)
+        await async_wait_until(lambda: sb.id in funclet.destroyed)
         assert s.sandboxes == []
 
 
@@ -275,7 +277,7 @@ async def test_handler_that_does_not_load_is_a_function_error() -> None:
         with pytest.raises(FunctionFailed) as info:
             await s.acquire(target("a", handler="broken.handler"))
         assert info.value.error["errorType"] == "Runtime.ImportModuleError"
-        await wait_for(lambda: funclet.destroyed == ["sb1"])
+        await async_wait_until(lambda: funclet.destroyed == ["sb1"])
         # The reservation was given back: the next call may start a sandbox again.
         sb = await s.acquire(target("a"))
         assert sb.id == "sb2"
@@ -290,7 +292,7 @@ async def _instances_before_queueing(s: Scheduler, t: Target, most: int) -> int:
     held = []
     while len(held) < most:
         call = asyncio.ensure_future(s.acquire(t))
-        await wait_for(lambda c=call: c.done() or len(s._queues.get(t.name, ())) == 1)
+        await async_wait_until(lambda c=call: c.done() or len(s._queues.get(t.name, ())) == 1)
         if not call.done():
             call.cancel()
             break

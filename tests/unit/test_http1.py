@@ -7,7 +7,7 @@ import json
 from collections.abc import Awaitable, Callable
 
 import pytest
-from _controller_fakes import wait_for
+from waiting import async_wait_until
 
 from easyfaas import http1
 from easyfaas.http1 import HttpResponse
@@ -366,7 +366,7 @@ def test_a_run_to_end_server_finishes_the_call_of_a_client_that_hung_up() -> Non
         await gone.writer.wait_closed()
         # Once the server has read the hang-up it holds the answer's task (a cancelled one
         # would not be held: this wait then times out).
-        await wait_for(lambda: bool(http1._unanswered), TIMEOUT)
+        await async_wait_until(lambda: bool(http1._unanswered), timeout=TIMEOUT)
         held = list(http1._unanswered)
         release.set()
         await asyncio.wait_for(asyncio.gather(*held), TIMEOUT)

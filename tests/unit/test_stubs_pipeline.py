@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import time
 import zipfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import async_wait_until
 
 from easyfaas import funclog
 from easyfaas.config import Config, Paths
@@ -71,13 +71,6 @@ def run(tmp_path: Path, scenario: Callable[[Env], Awaitable[None]]) -> None:
             await env.pipeline.close()
 
     asyncio.run(main())
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 def zip_of(files: dict[str, str]) -> bytes:
@@ -149,7 +142,7 @@ def test_funclet_down_retries_then_promotes(tmp_path: Path) -> None:
         await env.pipeline.ingest("fn")
         assert "fn" not in env.registry.names()
         env.validator.unavailable = False
-        await wait_for(lambda: "fn" in env.registry.names())
+        await async_wait_until(lambda: "fn" in env.registry.names())
         assert env.record("fn")["version"] == 1 and env.record("fn")["error"] is None
 
     run(tmp_path, scenario)

@@ -7,7 +7,8 @@ import shutil
 from typing import Any
 
 import pytest
-from _controller_fakes import run, short_dir, wait_for
+from _controller_fakes import run, short_dir
+from waiting import async_wait_until
 
 from easyfaas import wire
 
@@ -78,7 +79,7 @@ async def test_a_call_cancelled_while_sending_leaves_no_timeout_behind() -> None
         call = asyncio.ensure_future(client.call_raw({"op": "x"}, b"x" * (16 << 20), timeout=30))
         # Its deadline is in once it has written what the socket takes and waits to send the
         # rest: the push, the write and the wait for flow control are one step of its task.
-        await wait_for(lambda: bool(client._deadlines))
+        await async_wait_until(lambda: bool(client._deadlines))
         assert not call.done()
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
