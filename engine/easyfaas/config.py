@@ -71,6 +71,9 @@ class Scheduler:
     instances_per_cpu: int = 4
     queue_size: int = 64
     queue_timeout_s: float = 10.0
+    # At its cap, a call of a function whose calls run shorter than this on average (ms) may
+    # wait inside a busy sandbox, behind its running call (0: never).
+    queue_in_sandbox_below_ms: float = 2.0
 
 
 @dataclass(frozen=True)

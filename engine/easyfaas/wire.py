@@ -209,11 +209,13 @@ class Client:
             assert self._protocol is not None
             return self._protocol
 
-    async def call_raw(self, header: Header, payload: bytes = b"",
-                       timeout: float | None = None) -> tuple[Header, bytes]:
+    async def call_raw(self, header: Header, payload: bytes = b"", timeout: float | None = None,
+                       start: asyncio.Future[None] | None = None) -> tuple[Header, bytes]:
         """Send a request and return the response frame, whatever its ``ok``.
 
-        ``timeout`` (seconds) raises ``TimeoutError``; the late answer is dropped."""
+        ``timeout`` (seconds) raises ``TimeoutError``; the late answer is dropped. It runs from
+        now, or with ``start`` from when that future is done (a request the peer holds until it
+        has answered an earlier one)."""
         protocol = self._protocol if self.connected else await self._connect()
         assert protocol is not None and protocol.transport is not None
         loop = protocol.loop
@@ -222,10 +224,15 @@ class Client:
         pending = protocol.pending
         pending[rid] = fut
         if timeout is not None:
-            deadline = loop.time() + timeout
-            heapq.heappush(self._deadlines, (deadline, rid, fut))
-            if self._timer is None or deadline < self._timer_at:
-                self._set_timer(loop, deadline)
+            if start is None:
+                self._add_deadline(loop, loop.time() + timeout, rid, fut)
+            else:
+                limit = timeout
+
+                def started(_: asyncio.Future[None]) -> None:
+                    if not fut.done():
+                        self._add_deadline(loop, loop.time() + limit, rid, fut)
+                start.add_done_callback(started)
         try:
             protocol.transport.write(encode({**header, "id": rid}, payload))
             await protocol.drain()
@@ -237,6 +244,12 @@ class Client:
             deadlines = self._deadlines
             while deadlines and deadlines[0][2].done():  # this call, and any before it
                 heapq.heappop(deadlines)
+
+    def _add_deadline(self, loop: asyncio.AbstractEventLoop, deadline: float, rid: int,
+                      fut: asyncio.Future[tuple[Header, bytes]]) -> None:
+        heapq.heappush(self._deadlines, (deadline, rid, fut))
+        if self._timer is None or deadline < self._timer_at:
+            self._set_timer(loop, deadline)
 
     def _set_timer(self, loop: asyncio.AbstractEventLoop, at: float) -> None:
         if self._timer is not None:

@@ -78,10 +78,13 @@ class Runner:
         if op not in ("load", "invoke"):
             raise RunnerError("Runtime.BadRequest", f"unknown op {op!r}")
         log = LogBuffer()
-        usage: Header = {}
+        extra: Header = {}
         try:
             if op == "load":
                 body = self._captured(log, lambda: self._load(header))
+                # A function that takes one call at a time gets them in the order they were
+                # sent (``_serve_connection``): the controller may send the next one early.
+                extra = {"in_order": self.function is not None and self.function.concurrency <= 1}
             else:
                 measured = self._calls % USAGE_EVERY == 0
                 self._calls += 1  # unlocked: a lost count only moves which call is measured
@@ -90,11 +93,11 @@ class Runner:
                 started = time.perf_counter()
                 body = self._captured(log, lambda: self._invoke(header, payload, log))
                 if demand is not None and (demand_end := _cpu_demand_ns()) is not None:
-                    usage = {"run_s": time.perf_counter() - started,
+                    extra = {"run_s": time.perf_counter() - started,
                              "cpu_demand_s": (demand_end - demand) / 1e9}
         except RunnerError as e:
             return {"ok": False, "error": e.to_wire(), "log": log.text()}, b""
-        return {"ok": True, "log": log.text(), **usage}, body
+        return {"ok": True, "log": log.text(), **extra}, body
 
     def rehearse(self) -> None:
         """Walk the path of a call once before the first one comes: this process shares its

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import shutil
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _controller_helpers import fakes
+from waiting import async_wait_until
+
+from easyfaas import wire
 
 pytestmark = pytest.mark.root
 
@@ -112,3 +117,111 @@ async def _check_calls(h: Any) -> None:
     status, _, body = await h.request("POST", url, b"")
     assert status == 200 and json.loads(body)["hello"] == "world"
     assert h.funclet.acquired == ["f@1", "f@1", "f@1"]
+
+
+# Calls waiting inside a busy sandbox (``scheduler.queue_in_sandbox_below_ms``): one sandbox at
+# most, and a bound high enough that these calls, which sleep, count as short.
+QUEUED = """
+import os, time
+
+def handler(event, context):
+    remaining = context.get_remaining_time_in_millis()
+    time.sleep(event.get("sleep", 0))
+    if event.get("exit"):
+        os._exit(3)
+    return {"n": event.get("n"), "remaining": remaining, "pid": os.getpid()}
+"""
+QUEUED_URL = "/v1/functions/q/invocations"
+
+
+@contextlib.asynccontextmanager
+async def one_sandbox(timeout: float) -> AsyncIterator[Any]:
+    code = fakes.short_dir()
+    (code / "index.py").write_text(QUEUED)
+    rec = fakes.record("q", timeout=timeout)
+    rec["code"] = str(code)
+    funclet: ProcessFunclet | None = None
+    try:
+        async with fakes.running_controller(
+                [rec], funclet_class=ProcessFunclet,
+                scheduler={"max_instances": 1, "queue_in_sandbox_below_ms": 60_000}) as h:
+            funclet = h.funclet
+            # The runner reports the run time of its first call: from then on the function
+            # counts as short.
+            assert (await h.request("POST", QUEUED_URL, b"{}"))[0] == 200
+            yield h
+    finally:
+        for proc in funclet.procs.values() if funclet else []:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        shutil.rmtree(code)
+
+
+async def _inflight(h: Any, count: int) -> bool:
+    """Whether the one sandbox holds ``count`` calls (2: one runs, one waits behind it)."""
+    _, _, body = await h.request("GET", "/v1/runtimes", headers=h.auth())
+    return [sb["inflight"] for sb in json.loads(body)["sandboxes"]] == [count]
+
+
+async def _call_behind(h: Any, ahead: bytes, behind: bytes) -> tuple[Any, Any]:
+    """Start a call, then send one while it runs; the second must wait in the same sandbox."""
+    first = asyncio.ensure_future(h.request("POST", QUEUED_URL, ahead))
+    await async_wait_until(lambda: _inflight(h, 1), "the first call to run")
+    second = asyncio.ensure_future(h.request("POST", QUEUED_URL, behind))
+    await async_wait_until(lambda: _inflight(h, 2), "the second call to wait in the sandbox")
+    return await first, await second
+
+
+@fakes.run
+async def test_a_call_waiting_in_a_busy_sandbox_gets_its_whole_timeout() -> None:
+    async with one_sandbox(timeout=1.0) as h:
+        (s1, _, b1), (s2, _, b2) = await _call_behind(h, b'{"n": 1, "sleep": 0.7}',
+                                                      b'{"n": 2, "sleep": 0.7}')
+        first, second = json.loads(b1), json.loads(b2)
+        assert (s1, first["n"], s2, second["n"]) == (200, 1, 200, 2), (b1, b2)
+        assert second["pid"] == first["pid"] and h.funclet.acquired == ["q@1"]
+        # Sent ~0.7 s before it started, it still had its whole second from its start (the
+        # controller's timeout, and the deadline the handler sees).
+        assert second["remaining"] > 900
+
+
+@fakes.run
+async def test_a_call_waiting_behind_one_that_crashes_runs_in_a_new_sandbox() -> None:
+    async with one_sandbox(timeout=5.0) as h:
+        (s1, _, b1), (s2, _, b2) = await _call_behind(h, b'{"sleep": 0.5, "exit": true}',
+                                                      b'{"n": 2}')
+        assert json.loads(b1)["errorType"] == "Runtime.ExitError"
+        assert s2 == 200 and json.loads(b2)["n"] == 2, b2
+        assert h.funclet.acquired == ["q@1", "q@1"]
+
+
+@fakes.run
+async def test_a_call_waiting_behind_one_that_times_out_runs_in_a_new_sandbox() -> None:
+    async with one_sandbox(timeout=1.0) as h:
+        (s1, _, b1), (s2, _, b2) = await _call_behind(h, b'{"sleep": 5}', b'{"n": 2}')
+        assert json.loads(b1)["errorType"] == "TimeoutError"
+        assert s2 == 200 and json.loads(b2)["n"] == 2, b2
+        assert h.funclet.acquired == ["q@1", "q@1"]
+
+
+@fakes.run
+async def test_a_waiting_call_whose_caller_leaves_does_not_cut_the_running_one_short() -> None:
+    async with one_sandbox(timeout=5.0) as h:
+        first = asyncio.ensure_future(h.request("POST", QUEUED_URL, b'{"n": 1, "sleep": 0.7}'))
+        await async_wait_until(lambda: _inflight(h, 1), "the first call to run")
+        # The trigger's way in: a caller on controller.sock that hangs up mid-call.
+        client = wire.Client(str(h.cfg.socket("controller")))
+        waiting = asyncio.ensure_future(client.call("invoke", b'{"n": 2}', function="q"))
+        await async_wait_until(lambda: _inflight(h, 2), "the second call to wait in the sandbox")
+        await client.close()
+        with pytest.raises(ConnectionError):
+            await waiting
+        status, _, body = await first
+        assert status == 200 and json.loads(body)["n"] == 1, body
+        # The sandbox still holds the abandoned call, to run with nobody to answer: it goes,
+        # and the next call gets a new one.
+        await async_wait_until(lambda: h.funclet.destroyed == ["sb1"], "the sandbox to go")
+        status, _, body = await h.request("POST", QUEUED_URL, b'{"n": 3}')
+        assert status == 200 and json.loads(body)["n"] == 3
+        assert h.funclet.acquired == ["q@1", "q@1"]

@@ -87,6 +87,56 @@ async def test_max_instances_makes_calls_wait_for_a_free_slot() -> None:
         assert await asyncio.wait_for(waiting, 2) is first
 
 
+SHORT = {"run_s": 0.0005, "cpu_demand_s": 0.0001}  # what a runner reports of a 0.5 ms call
+
+
+@pytest.mark.parametrize("reported, behind, waits_inside", [
+    (SHORT, True, True),  # short calls: the next waits inside the busy sandbox
+    (None, True, False),  # nothing known of the function's calls yet
+    ({"run_s": 0.004, "cpu_demand_s": 0.001}, True, False),  # longer than the 2 ms default
+    (SHORT, False, False),  # a call that was sent behind one and came back unstarted
+])
+def test_at_the_cap_only_short_calls_wait_inside_a_busy_sandbox(
+        reported: dict[str, float] | None, behind: bool, waits_inside: bool) -> None:
+    asyncio.run(_short_calls_wait_inside(reported, behind, waits_inside))
+
+
+async def _short_calls_wait_inside(reported: dict[str, float] | None, behind: bool,
+                                   waits_inside: bool) -> None:
+    async with scheduler(max_instances=1) as (s, _):
+        t = target("a")
+        first = await s.acquire(t)
+        first.in_order = True  # as the python3 runner says when it loads such a function
+        if reported:
+            s.observe("a", reported)
+        second = asyncio.ensure_future(s.acquire(t, behind=behind))
+        await async_wait_until(lambda: second.done() or len(s._queues["a"]) == 1)
+        if waits_inside:
+            assert second.result() is first and first.inflight == 2
+            # One call at most waits inside: the next queues as before.
+            third = asyncio.ensure_future(s.acquire(t))
+            await async_wait_until(lambda: len(s._queues["a"]) == 1)
+            s.release(first)
+            assert await asyncio.wait_for(third, 2) is first
+        else:
+            assert not second.done() and first.inflight == 1
+            s.release(first)
+            assert await asyncio.wait_for(second, 2) is first
+
+
+@run
+async def test_a_runner_that_may_take_calls_at_once_gets_none_to_wait_inside() -> None:
+    async with scheduler(max_instances=1) as (s, _):
+        t = target("a")
+        first = await s.acquire(t)  # the fake runner does not say it takes calls in order
+        s.observe("a", SHORT)
+        second = asyncio.ensure_future(s.acquire(t))
+        await async_wait_until(lambda: len(s._queues["a"]) == 1)
+        assert not second.done()
+        s.release(first)
+        assert await asyncio.wait_for(second, 2) is first
+
+
 @run
 async def test_a_caller_that_leaves_the_queue_gives_back_nothing_and_loses_nothing() -> None:
     async with scheduler(max_instances=1) as (s, _):

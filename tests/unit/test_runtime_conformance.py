@@ -75,6 +75,20 @@ def test_context_fields(loaded: tuple[str, RunnerProc]) -> None:
         assert 3000 < ctx["remaining"] <= 4000
 
 
+def test_without_a_deadline_the_timeout_counts_from_the_start(
+        loaded: tuple[str, RunnerProc]) -> None:
+    """A call the controller sends to wait behind another carries no deadline: it runs the
+    function's whole timeout (5 s in the spec loaded here) from when it starts."""
+    runtime, runner = loaded
+    resp, body = runner.call("invoke", json.dumps({"action": "context"}).encode(),
+                             request_id="rq-43")
+    assert resp["ok"], resp
+    ctx = json.loads(body)
+    assert ctx["request_id"] == "rq-43"
+    if runtime != "shell":
+        assert 4000 < ctx["remaining"] <= 5000
+
+
 def test_env_from_load(loaded: tuple[str, RunnerProc]) -> None:
     names = ["GREETING", "EASYFAAS_FUNCTION_NAME", "EASYFAAS_FUNCTION_VERSION",
              "EASYFAAS_FUNCTION_MEMORY_SIZE"]  # fmt: skip

@@ -91,3 +91,37 @@ async def test_a_call_cancelled_while_sending_leaves_no_timeout_behind() -> None
             writer.close()
         server.close()
         shutil.rmtree(root)
+
+
+@run
+async def test_a_timeout_with_a_start_runs_from_that_start() -> None:
+    """A request the peer holds behind another gets its whole timeout from when it starts."""
+    root = short_dir()
+    path = str(root / "s.sock")
+    server = await _server(path)
+    client = wire.Client(path)
+    loop = asyncio.get_running_loop()
+    try:
+        start: asyncio.Future[None] = loop.create_future()
+        held = asyncio.ensure_future(client.call_raw({"op": "never"}, timeout=0.2, start=start))
+        # Far past its timeout, but not started: no clock runs for it yet.
+        with pytest.raises(TimeoutError):
+            await client.call_raw({"op": "never"}, timeout=0.5)
+        assert not held.done() and client._deadlines == []
+        start.set_result(None)
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await held
+        assert 0.15 <= loop.time() - started < 20
+        # Answered before its start: no timeout is left to fire later.
+        start = loop.create_future()
+        header, _ = await client.call_raw({"op": "echo"}, timeout=0.2, start=start)
+        after: asyncio.Future[None] = loop.create_future()
+        start.add_done_callback(lambda _: after.set_result(None))  # runs after the client's
+        start.set_result(None)
+        await after
+        assert header["op"] == "echo" and client._deadlines == []
+    finally:
+        await client.close()
+        server.close()
+        shutil.rmtree(root)

@@ -22,7 +22,7 @@ from ..errors import InvalidRequestContent
 from ..requestid import RequestIds
 from .metrics import Metrics
 from .registry import Registry, Target
-from .sandboxes import FunctionFailed, Sandbox
+from .sandboxes import CallNotStarted, FunctionFailed, Sandbox
 from .scheduler import Scheduler
 
 log = logging.getLogger("easyfaas.controller")
@@ -80,12 +80,20 @@ class Invoker:
         request_id = request_id or self.ids.new()
         target = self.registry.resolve(name, qualifier)
         started = time.monotonic()
-        try:
-            sb = await self.scheduler.acquire(target)
-        except FunctionFailed as e:
-            result = _failed(request_id, target, e.error, e.log, started)
-        else:
-            result = await self._run(sb, target, request_id, payload, started)
+        behind = True
+        while True:
+            try:
+                sb = await self.scheduler.acquire(target, behind=behind)
+            except FunctionFailed as e:
+                result = _failed(request_id, target, e.error, e.log, started)
+                break
+            try:
+                result = await self._run(sb, target, request_id, payload, started)
+                break
+            except CallNotStarted:
+                # It waited behind a call that failed and took the sandbox with it; it never
+                # ran, so it goes again, this time without waiting behind another call.
+                behind = False
         self.metrics.count(name, result.outcome)
         self.logs.record(target, result)
         return result
@@ -93,6 +101,7 @@ class Invoker:
     async def _run(self, sb: Sandbox, target: Target, request_id: str, payload: bytes,
                    started: float) -> CallResult:
         invoke_start = time.monotonic()
+        behind = sb.sent > 0  # sent while another call runs there: it waits for that one
         try:
             header, body = await sb.invoke(request_id, payload, target.timeout)
         except TimeoutError:
@@ -103,10 +112,16 @@ class Invoker:
         except (ConnectionError, OSError) as e:
             return await self._crashed(sb, target, request_id, started, e)
         except asyncio.CancelledError:
-            # The caller went away mid-call; the handler may still be running in there, so the
-            # slot cannot be trusted any more.
-            self.scheduler.drop_later(sb, f"inv={request_id} abandoned by its caller")
+            if behind and sb.waiting_behind():
+                # Still waiting behind another caller's call: that one finishes, this one will
+                # run after it with nobody to answer, so the sandbox takes no more calls.
+                self.scheduler.abandon_waiting(sb, f"inv={request_id} abandoned by its caller")
+            else:
+                # The caller went away mid-call; the handler may still be running in there, so
+                # the slot cannot be trusted any more.
+                self.scheduler.drop_later(sb, f"inv={request_id} abandoned by its caller")
             raise
+        sb.answered()
         self.scheduler.observe(target.name, header)
         self.scheduler.release(sb)
         self.metrics.observe("invoke", target.name, time.monotonic() - invoke_start)

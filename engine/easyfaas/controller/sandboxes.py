@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -10,6 +11,11 @@ from typing import Any
 from .. import wire
 from ..errors import EasyFaaSError
 from .registry import Target
+
+
+class CallNotStarted(Exception):
+    """A call sent behind another in a sandbox never ran: the call ahead of it failed and took
+    the sandbox with it. Safe to send again elsewhere."""
 
 
 class FunctionFailed(EasyFaaSError):
@@ -35,10 +41,17 @@ class Sandbox:
     client: wire.Client
     inflight: int = 0
     last_used: float = field(default_factory=time.monotonic)
-    # Set when a newer version went live: finish the calls in flight, take no new ones.
-    retired: bool = False
+    # Why it takes no new calls but finishes those in flight (a newer version went live, ...).
+    retired: str = ""
     # Set once the scheduler dropped it; a dropped sandbox is never handed out again.
     dropped: bool = False
+    # Its runner answers one call at a time in the order sent (it says so when it loads), so a
+    # call may be sent while the one before still runs: it waits in the runner's socket.
+    in_order: bool = False
+    # Calls sent to the runner and not answered yet; with ``in_order``, the first is running.
+    sent: int = 0
+    # Told when the call waiting behind the running one starts (the one before it answered).
+    _turn: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
 
     @property
     def state(self) -> str:
@@ -56,17 +69,48 @@ class Sandbox:
             {"op": "load", "function": self.target.load_spec()}, timeout=timeout)
         if not header.get("ok"):
             raise FunctionFailed(header.get("error") or {}, str(header.get("log") or ""))
+        self.in_order = header.get("in_order") is True
         return str(header.get("log") or "")
 
     def invoke(self, request_id: str, payload: bytes,
                timeout: float) -> Coroutine[Any, Any, tuple[wire.Header, bytes]]:
-        """One runner round trip (to await). Raises ``TimeoutError`` or ``ConnectionError``.
+        """One runner round trip (to await). Raises ``TimeoutError`` or ``ConnectionError``, and
+        ``CallNotStarted`` for a call sent behind one that failed. Call ``answered()`` once the
+        answer is in.
 
         Returns the wire call itself rather than awaiting it: one coroutine less on every
         call's path, each resumed on the way in and out."""
+        self.sent += 1
+        if self.sent > 1:
+            return self._invoke_behind(request_id, payload, timeout)
         deadline_ms = int((time.time() + timeout) * 1000)
         return self.client.call_raw({"op": "invoke", "request_id": request_id,
                                      "deadline_ms": deadline_ms}, payload, timeout)
+
+    def answered(self) -> None:
+        """A call's answer came back: the call behind it, if any, is running now."""
+        self.sent -= 1
+        turn, self._turn = self._turn, None
+        if turn is not None and not turn.done():
+            turn.set_result(None)
+
+    def waiting_behind(self) -> bool:
+        """A call was sent to wait behind the running one and has not started."""
+        return self._turn is not None and not self._turn.done()
+
+    async def _invoke_behind(self, request_id: str, payload: bytes,
+                             timeout: float) -> tuple[wire.Header, bytes]:
+        """Send now, so the runner finds the call when it answers the one before. Its timeout
+        runs from when it starts; no ``deadline_ms`` either: the runner counts the function's
+        timeout from when it starts the call."""
+        turn = self._turn = asyncio.get_running_loop().create_future()
+        try:
+            return await self.client.call_raw({"op": "invoke", "request_id": request_id},
+                                              payload, timeout, start=turn)
+        except (ConnectionError, OSError) as e:
+            if not turn.done():  # it never ran (its own timeout starts with it)
+                raise CallNotStarted(f"{self.id}: the call ahead failed") from e
+            raise
 
     def describe(self, now: float) -> dict[str, Any]:
         return {"id": self.id, "function": self.target.name, "version": self.target.version,

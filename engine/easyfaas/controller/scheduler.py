@@ -1,5 +1,6 @@
 """Which sandbox serves a call: warm reuse, concurrency, instance caps, a bounded wait queue,
-the global memory budget (evicting idle sandboxes LRU-first) and idle cooldown.
+calls waiting inside busy sandboxes, the global memory budget (evicting idle sandboxes
+LRU-first) and idle cooldown.
 
 All bookkeeping happens synchronously on the event loop, so a decision ("take this slot",
 "reserve memory for a cold start", "evict that one") can never race with another call. Only the
@@ -39,12 +40,14 @@ class _Waiter:
     """A queued call. ``fut`` gets its slot (a ``Sandbox``, or ``True``: a cold start reserved for
     it) when capacity frees up, or the error that ends its wait."""
 
-    __slots__ = ("target", "fut", "deadline")
+    __slots__ = ("target", "fut", "deadline", "behind")
 
-    def __init__(self, target: Target, fut: asyncio.Future[Sandbox | bool], deadline: float):
+    def __init__(self, target: Target, fut: asyncio.Future[Sandbox | bool], deadline: float,
+                 behind: bool):
         self.target = target
         self.fut = fut
         self.deadline = deadline  # loop time
+        self.behind = behind  # may be handed a busy sandbox to wait behind its call
 
 
 class _Queue(deque[_Waiter]):
@@ -85,12 +88,16 @@ class Scheduler:
         # Per function: the share of its calls' run time they spent computing or waiting for a
         # CPU, as the runners report it (moving average). See ``_instance_limit``.
         self._cpu_share: dict[str, float] = {}
+        # Per function: its calls' run time in seconds (moving average). See ``_behind_busy``.
+        self._run_s: dict[str, float] = {}
         self._cpus = len(os.sched_getaffinity(0))
 
     # -- taking and giving back a slot ----------------------------------------------------------
 
-    async def acquire(self, target: Target) -> Sandbox:
-        """A sandbox with a free slot for ``target`` (warm if possible, else a cold start).
+    async def acquire(self, target: Target, behind: bool = True) -> Sandbox:
+        """A sandbox with a free slot for ``target`` (warm if possible, else a cold start), or
+        with ``behind``, possibly a busy one to wait in behind its running call (see
+        ``_behind_busy``).
 
         Waits in the function's FIFO queue when there is no capacity; ``TooManyRequests`` when
         the queue is full or the wait times out. ``FunctionFailed`` if the handler does not load.
@@ -105,12 +112,12 @@ class Scheduler:
         if queue is None:
             queue = self._queues[target.name] = _Queue()
         if not queue:
-            got = self._take(target)
+            got = self._take(target, behind)
             if got is not None:
                 return got if isinstance(got, Sandbox) else await self._cold_start(target)
-        return await self._wait_in_queue(target, queue)
+        return await self._wait_in_queue(target, queue, behind)
 
-    async def _wait_in_queue(self, target: Target, queue: _Queue) -> Sandbox:
+    async def _wait_in_queue(self, target: Target, queue: _Queue, behind: bool) -> Sandbox:
         """Queue until ``_kick`` hands this call a slot. A handover rather than a wake-up to try
         again: under load most calls wait here, and each retry cost a task and a timer."""
         if len(queue) >= self.cfg.scheduler.queue_size:
@@ -119,7 +126,7 @@ class Scheduler:
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
         waiter = _Waiter(target, loop.create_future(),
-                         loop.time() + self.cfg.scheduler.queue_timeout_s)
+                         loop.time() + self.cfg.scheduler.queue_timeout_s, behind)
         queue.append(waiter)
         if queue.timer is None:
             queue.timer = loop.call_at(waiter.deadline, self._expire, queue)
@@ -157,8 +164,9 @@ class Scheduler:
             else:
                 self._unreserve(waiter.target)
 
-    def _take(self, target: Target) -> Sandbox | bool | None:
-        """Take a warm slot (the sandbox), reserve a cold start (``True``), or ``None``."""
+    def _take(self, target: Target, behind: bool = False) -> Sandbox | bool | None:
+        """Take a warm slot (the sandbox), reserve a cold start (``True``), with ``behind`` a
+        place behind a busy sandbox's call (the sandbox), or ``None``."""
         best: Sandbox | None = None
         for sb in self._by_key.get(target.key, ()):
             if sb.has_room():
@@ -170,10 +178,30 @@ class Scheduler:
             best.inflight += 1
             return best
         if not self._room_for_instance(target) or not self._room_for_memory(target.memory):
-            return None
+            return self._behind_busy(target) if behind else None
         self._starting[target.name] = self._starting.get(target.name, 0) + 1
         self._starting_mb += target.memory
         return True
+
+    def _behind_busy(self, target: Target) -> Sandbox | None:
+        """At the function's cap with every sandbox busy: a sandbox whose runner takes calls in
+        order, running one call and with none waiting, takes this one to wait behind it.
+
+        Sent at once, the call is in the runner's socket when the runner answers the one before,
+        so the runner goes straight on to it instead of sleeping until the controller's next turn
+        (measured: docs/performance.md). Only for a function whose calls are short on average
+        (``scheduler.queue_in_sandbox_below_ms``): the call waits for that one call to end even
+        if another sandbox frees up first.
+        """
+        limit_s = self.cfg.scheduler.queue_in_sandbox_below_ms / 1000
+        run_s = self._run_s.get(target.name)
+        if target.concurrency != 1 or run_s is None or run_s >= limit_s:
+            return None
+        for sb in self._by_key.get(target.key, ()):
+            if sb.inflight == 1 and sb.in_order and not (sb.retired or sb.dropped):
+                sb.inflight += 1
+                return sb
+        return None
 
     def observe(self, name: str, header: wire.Header) -> None:
         """Take note of what one call of ``name`` used, from its runner's answer."""
@@ -183,6 +211,8 @@ class Scheduler:
         share = min(max(demand / run, 0.0), 1.0)  # the runner is the function's: trust nothing
         old = self._cpu_share.get(name)
         self._cpu_share[name] = share if old is None else old + SHARE_WEIGHT * (share - old)
+        old = self._run_s.get(name)
+        self._run_s[name] = run if old is None else old + SHARE_WEIGHT * (run - old)
 
     def _instance_limit(self, target: Target) -> int:
         """``max_instances``, and for a function whose calls compute no more sandboxes than
@@ -238,8 +268,15 @@ class Scheduler:
         sb.inflight -= 1
         sb.last_used = time.monotonic()
         if sb.retired and not sb.inflight:
-            self.drop_later(sb, "old version retired")
+            self.drop_later(sb, sb.retired)
         self._kick()
+
+    def abandon_waiting(self, sb: Sandbox, reason: str) -> None:
+        """The call waiting behind ``sb``'s running call lost its caller. It stays in the runner
+        and will run there with nobody to answer: give back its slot, let the running call
+        finish, and take no more calls into that sandbox."""
+        sb.retired = reason
+        self.release(sb)
 
     def _kick(self) -> None:
         """Capacity may have changed: hand slots to the heads of the wait queues, in order.
@@ -269,7 +306,7 @@ class Scheduler:
                 queue.popleft()
                 head.fut.set_exception(ServiceUnavailable("the controller is shutting down"))
                 continue
-            got = self._take(head.target)
+            got = self._take(head.target, head.behind)
             if got is None:
                 return
             queue.popleft()
@@ -375,14 +412,15 @@ class Scheduler:
         live = None if record is None else (record.get("version"), record.get("code_sha256"))
         if record is None:
             self._cpu_share.pop(name, None)
+            self._run_s.pop(name, None)
         retired = 0
         for sb in [s for s in self.sandboxes if s.target.name == name]:
             if (sb.target.version, sb.target.code_sha256) == live:
                 continue
-            sb.retired = True
+            sb.retired = "function deleted" if record is None else "old version"
             retired += 1
             if not sb.inflight:
-                self.drop_later(sb, "function deleted" if record is None else "old version")
+                self.drop_later(sb, sb.retired)
         if retired and record is not None and record.get("version") is not None:
             # The function is in use: have one sandbox of the new version ready for its callers.
             self._prewarm(make_target(name, int(record["version"]), record))
