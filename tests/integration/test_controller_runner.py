@@ -186,23 +186,20 @@ async def test_a_call_waiting_in_a_busy_sandbox_gets_its_whole_timeout() -> None
         assert second["remaining"] > 900
 
 
-@fakes.run
-async def test_a_call_waiting_behind_one_that_crashes_runs_in_a_new_sandbox() -> None:
-    async with one_sandbox(timeout=5.0) as h:
-        (s1, _, b1), (s2, _, b2) = await _call_behind(h, b'{"sleep": 0.5, "exit": true}',
-                                                      b'{"n": 2}')
-        assert json.loads(b1)["errorType"] == "Runtime.ExitError"
-        assert s2 == 200 and json.loads(b2)["n"] == 2, b2
-        assert h.funclet.acquired == ["q@1", "q@1"]
+@pytest.mark.parametrize("ahead, error", [
+    (b'{"sleep": 0.5, "exit": true}', "Runtime.ExitError"),  # its runner dies
+    (b'{"sleep": 5}', "TimeoutError"),  # killed at its 1 s timeout
+])
+def test_a_call_waiting_behind_one_that_fails_runs_in_a_new_sandbox(ahead: bytes,
+                                                                    error: str) -> None:
+    async def scenario() -> None:
+        async with one_sandbox(timeout=1.0) as h:
+            (_, _, b1), (s2, _, b2) = await _call_behind(h, ahead, b'{"n": 2}')
+            assert json.loads(b1)["errorType"] == error
+            assert s2 == 200 and json.loads(b2)["n"] == 2, b2
+            assert h.funclet.acquired == ["q@1", "q@1"]
 
-
-@fakes.run
-async def test_a_call_waiting_behind_one_that_times_out_runs_in_a_new_sandbox() -> None:
-    async with one_sandbox(timeout=1.0) as h:
-        (s1, _, b1), (s2, _, b2) = await _call_behind(h, b'{"sleep": 5}', b'{"n": 2}')
-        assert json.loads(b1)["errorType"] == "TimeoutError"
-        assert s2 == 200 and json.loads(b2)["n"] == 2, b2
-        assert h.funclet.acquired == ["q@1", "q@1"]
+    asyncio.run(scenario())
 
 
 @fakes.run
