@@ -79,25 +79,35 @@ class ProcessFunclet(fakes.FakeFunclet):
         return [i for i, p in self.procs.items() if p.returncode is None]
 
 
-@fakes.run
-async def test_real_runner_end_to_end() -> None:
+@contextlib.asynccontextmanager
+async def real_runners(name: str, code_text: str, timeout: float,
+                       **sections: dict[str, Any]) -> AsyncIterator[Any]:
+    """The controller with one function ``name`` whose sandboxes are runner processes. On the
+    way out, the controller must have destroyed every one of them when it stopped."""
     code = fakes.short_dir()
-    (code / "index.py").write_text(CODE)
-    rec = fakes.record("f", timeout=1.0)
+    (code / "index.py").write_text(code_text)
+    rec = fakes.record(name, timeout=timeout)
     rec["code"] = str(code)
     funclet: ProcessFunclet | None = None
     try:
-        async with fakes.running_controller([rec], funclet_class=ProcessFunclet) as h:
+        async with fakes.running_controller([rec], funclet_class=ProcessFunclet,
+                                            **sections) as h:
             funclet = h.funclet
-            await _check_calls(h)
+            yield h
+        left = funclet.live()
     finally:
         for proc in funclet.procs.values() if funclet else []:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
         shutil.rmtree(code)
-    # The controller destroyed its sandboxes when it stopped.
-    assert funclet is not None and funclet.live() == []
+    assert left == [], f"sandboxes left running after the controller stopped: {left}"
+
+
+@fakes.run
+async def test_real_runner_end_to_end() -> None:
+    async with real_runners("f", CODE, timeout=1.0) as h:
+        await _check_calls(h)
 
 
 async def _check_calls(h: Any) -> None:
@@ -136,26 +146,13 @@ QUEUED_URL = "/v1/functions/q/invocations"
 
 @contextlib.asynccontextmanager
 async def one_sandbox(timeout: float) -> AsyncIterator[Any]:
-    code = fakes.short_dir()
-    (code / "index.py").write_text(QUEUED)
-    rec = fakes.record("q", timeout=timeout)
-    rec["code"] = str(code)
-    funclet: ProcessFunclet | None = None
-    try:
-        async with fakes.running_controller(
-                [rec], funclet_class=ProcessFunclet,
-                scheduler={"max_instances": 1, "queue_in_sandbox_below_ms": 60_000}) as h:
-            funclet = h.funclet
-            # The runner reports the run time of its first call: from then on the function
-            # counts as short.
-            assert (await h.request("POST", QUEUED_URL, b"{}"))[0] == 200
-            yield h
-    finally:
-        for proc in funclet.procs.values() if funclet else []:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        shutil.rmtree(code)
+    async with real_runners(
+            "q", QUEUED, timeout,
+            scheduler={"max_instances": 1, "queue_in_sandbox_below_ms": 60_000}) as h:
+        # The runner reports the run time of its first call: from then on the function counts
+        # as short.
+        assert (await h.request("POST", QUEUED_URL, b"{}"))[0] == 200
+        yield h
 
 
 async def _inflight(h: Any, count: int) -> bool:
