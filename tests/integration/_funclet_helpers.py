@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+from waiting import async_wait_until
+
 from easyfaas import wire
 from easyfaas.config import Config, Paths, Sandbox
 from easyfaas.funclet import mounts, service
@@ -48,17 +50,17 @@ def make_snapshot(cfg: Config, files: dict[str, str]) -> str:
 
 async def _until_serving(client: wire.Client, task: asyncio.Task[None]) -> None:
     # A stale socket from a killed run may exist: only an answered ping means "serving".
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    async def serving() -> bool:
         if task.done():
             task.result()
             raise AssertionError("funclet stopped before serving")
         try:
             await client.call("ping")
-            return
         except OSError:
-            await asyncio.sleep(0.02)
-    raise AssertionError("funclet did not serve within 20s")
+            return False
+        return True
+
+    await async_wait_until(serving, "the funclet to serve", timeout=20)
 
 
 @contextlib.asynccontextmanager

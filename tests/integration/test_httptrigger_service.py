@@ -207,11 +207,10 @@ def test_controller_down_gives_502_then_recovers_and_reregisters() -> None:
 
 async def until_status(url: str, status: int) -> None:
     """Poll ``url`` until it answers ``status`` (route changes arrive asynchronously)."""
-    deadline = asyncio.get_running_loop().time() + TIMEOUT
-    while (got := (await ahttp(url))[0]) != status:
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{url} still answers {got}, not {status}")
-        await asyncio.sleep(0.02)
+    async def answers() -> bool:
+        return (await ahttp(url))[0] == status
+
+    await async_wait_until(answers, f"{url} to answer {status}", timeout=TIMEOUT)
 
 
 def test_manifest_routes_update_live() -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import async_wait_until
 
 from easyfaas import wire
 from easyfaas.config import Config, Paths
@@ -76,14 +77,16 @@ class Env:
     async def start(self) -> None:
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(service.run(self.cfg, self._stop))
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            assert not self._task.done(), "stubs exited"
+        task = self._task
+
+        async def serving() -> bool:
+            assert not task.done(), "stubs exited"
             with contextlib.suppress(OSError):
                 await self.client.call("ping")
-                return
-            assert time.monotonic() < deadline, "stubs did not start"
-            await asyncio.sleep(0.02)
+                return True
+            return False
+
+        await async_wait_until(serving, "stubs to serve", timeout=TIMEOUT)
 
     async def stop(self) -> None:
         self._stop.set()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -27,14 +29,25 @@ async def _server(path: str) -> asyncio.AbstractServer:
     return await wire.start_server(path, handle)
 
 
-@run
-async def test_each_call_times_out_on_its_own_deadline() -> None:
+@asynccontextmanager
+async def _client() -> AsyncIterator[wire.Client]:
+    """A client of ``_server`` on a fresh socket; both closed on the way out."""
     root = short_dir()
     path = str(root / "s.sock")
     server = await _server(path)
     client = wire.Client(path)
-    loop = asyncio.get_running_loop()
     try:
+        yield client
+    finally:
+        await client.close()
+        server.close()
+        shutil.rmtree(root)
+
+
+@run
+async def test_each_call_times_out_on_its_own_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    async with _client() as client:
         # A long wait first, then a shorter one: the shorter times out first, by its own clock.
         long = asyncio.ensure_future(client.call_raw({"op": "never"}, timeout=30))
         started = loop.time()
@@ -56,10 +69,6 @@ async def test_each_call_times_out_on_its_own_deadline() -> None:
         for _ in range(200):
             await client.call_raw({"op": "echo"}, timeout=5)
         assert client._deadlines == []
-    finally:
-        await client.close()
-        server.close()
-        shutil.rmtree(root)
 
 
 @run
@@ -96,12 +105,8 @@ async def test_a_call_cancelled_while_sending_leaves_no_timeout_behind() -> None
 @run
 async def test_a_timeout_with_a_start_runs_from_that_start() -> None:
     """A request the peer holds behind another gets its whole timeout from when it starts."""
-    root = short_dir()
-    path = str(root / "s.sock")
-    server = await _server(path)
-    client = wire.Client(path)
     loop = asyncio.get_running_loop()
-    try:
+    async with _client() as client:
         start: asyncio.Future[None] = loop.create_future()
         held = asyncio.ensure_future(client.call_raw({"op": "never"}, timeout=0.2, start=start))
         # Far past its timeout, but not started: no clock runs for it yet.
@@ -121,7 +126,3 @@ async def test_a_timeout_with_a_start_runs_from_that_start() -> None:
         start.set_result(None)
         await after
         assert header["op"] == "echo" and client._deadlines == []
-    finally:
-        await client.close()
-        server.close()
-        shutil.rmtree(root)

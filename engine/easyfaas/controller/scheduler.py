@@ -28,12 +28,18 @@ log = logging.getLogger("easyfaas.controller")
 
 # A cold start may take a while on a busy edge box; the handler import gets its own timeout.
 ACQUIRE_TIMEOUT_S = 30.0
-# How fast a function's CPU share follows its latest calls (weight of the newest call).
+# How fast a function's averages (CPU share, run time) follow its latest calls (weight of the
+# newest call).
 SHARE_WEIGHT = 0.1
 
 
 def _is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _moving(average: float | None, value: float) -> float:
+    """``average`` moved towards ``value`` (the first value starts it)."""
+    return value if average is None else average + SHARE_WEIGHT * (value - average)
 
 
 class _Waiter:
@@ -209,10 +215,8 @@ class Scheduler:
         if not (_is_number(run) and _is_number(demand)) or run <= 0:
             return  # a runtime that does not say, or a kernel without schedstat
         share = min(max(demand / run, 0.0), 1.0)  # the runner is the function's: trust nothing
-        old = self._cpu_share.get(name)
-        self._cpu_share[name] = share if old is None else old + SHARE_WEIGHT * (share - old)
-        old = self._run_s.get(name)
-        self._run_s[name] = run if old is None else old + SHARE_WEIGHT * (run - old)
+        self._cpu_share[name] = _moving(self._cpu_share.get(name), share)
+        self._run_s[name] = _moving(self._run_s.get(name), run)
 
     def _instance_limit(self, target: Target) -> int:
         """``max_instances``, and for a function whose calls compute no more sandboxes than
