@@ -72,8 +72,10 @@ class Scheduler:
     queue_size: int = 64
     queue_timeout_s: float = 10.0
     # At its cap, a call of a function whose calls run shorter than this on average (ms) may
-    # wait inside a busy sandbox, behind its running call (0: never).
+    # wait inside a busy sandbox, behind its running call (0: never) ...
     queue_in_sandbox_below_ms: float = 2.0
+    # ... with at most this many calls waiting in one sandbox (0: never).
+    queue_in_sandbox_depth: int = 4
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -129,8 +130,9 @@ async def _check_calls(h: Any) -> None:
     assert h.funclet.acquired == ["f@1", "f@1", "f@1"]
 
 
-# Calls waiting inside a busy sandbox (``scheduler.queue_in_sandbox_below_ms``): one sandbox at
-# most, and a bound high enough that these calls, which sleep, count as short.
+# Calls waiting inside a busy sandbox (``scheduler.queue_in_sandbox_below_ms``, up to
+# ``queue_in_sandbox_depth``, 4 by default): one sandbox at most, and a bound high enough that
+# these calls, which sleep, count as short.
 QUEUED = """
 import os, time
 
@@ -156,31 +158,34 @@ async def one_sandbox(timeout: float) -> AsyncIterator[Any]:
 
 
 async def _inflight(h: Any, count: int) -> bool:
-    """Whether the one sandbox holds ``count`` calls (2: one runs, one waits behind it)."""
+    """Whether the one sandbox holds ``count`` calls (one runs, the others wait behind it)."""
     _, _, body = await h.request("GET", "/v1/runtimes", headers=h.auth())
     return [sb["inflight"] for sb in json.loads(body)["sandboxes"]] == [count]
 
 
-async def _call_behind(h: Any, ahead: bytes, behind: bytes) -> tuple[Any, Any]:
-    """Start a call, then send one while it runs; the second must wait in the same sandbox."""
-    first = asyncio.ensure_future(h.request("POST", QUEUED_URL, ahead))
-    await async_wait_until(lambda: _inflight(h, 1), "the first call to run")
-    second = asyncio.ensure_future(h.request("POST", QUEUED_URL, behind))
-    await async_wait_until(lambda: _inflight(h, 2), "the second call to wait in the sandbox")
-    return await first, await second
+async def _call_behind(h: Any, ahead: bytes, *behind: bytes) -> list[Any]:
+    """Start a call, then send the others one by one while it runs; each must wait in the same
+    sandbox."""
+    calls = []
+    for n, body in enumerate((ahead, *behind), 1):
+        calls.append(asyncio.ensure_future(h.request("POST", QUEUED_URL, body)))
+        await async_wait_until(functools.partial(_inflight, h, n), f"{n} calls in the sandbox")
+    return [await c for c in calls]
 
 
 @fakes.run
 async def test_a_call_waiting_in_a_busy_sandbox_gets_its_whole_timeout() -> None:
     async with one_sandbox(timeout=1.0) as h:
-        (s1, _, b1), (s2, _, b2) = await _call_behind(h, b'{"n": 1, "sleep": 0.7}',
-                                                      b'{"n": 2, "sleep": 0.7}')
-        first, second = json.loads(b1), json.loads(b2)
-        assert (s1, first["n"], s2, second["n"]) == (200, 1, 200, 2), (b1, b2)
-        assert second["pid"] == first["pid"] and h.funclet.acquired == ["q@1"]
-        # Sent ~0.7 s before it started, it still had its whole second from its start (the
-        # controller's timeout, and the deadline the handler sees).
-        assert second["remaining"] > 900
+        answers = await _call_behind(h, b'{"n": 1, "sleep": 0.7}', b'{"n": 2, "sleep": 0.7}',
+                                     b'{"n": 3, "sleep": 0.7}')
+        assert [(status, json.loads(body)["n"]) for status, _, body in answers] == [
+            (200, 1), (200, 2), (200, 3)], answers
+        results = [json.loads(body) for _, _, body in answers]
+        assert {r["pid"] for r in results} == {results[0]["pid"]}
+        assert h.funclet.acquired == ["q@1"]
+        # Sent 0.7 and 1.4 s before they started, each still had its whole second from its
+        # start (the controller's timeout, and the deadline the handler sees).
+        assert all(r["remaining"] > 900 for r in results[1:]), results
 
 
 @pytest.mark.parametrize("ahead, error", [
@@ -191,9 +196,10 @@ def test_a_call_waiting_behind_one_that_fails_runs_in_a_new_sandbox(ahead: bytes
                                                                     error: str) -> None:
     async def scenario() -> None:
         async with one_sandbox(timeout=1.0) as h:
-            (_, _, b1), (s2, _, b2) = await _call_behind(h, ahead, b'{"n": 2}')
+            (_, _, b1), *behind = await _call_behind(h, ahead, b'{"n": 2}', b'{"n": 3}')
             assert json.loads(b1)["errorType"] == error
-            assert s2 == 200 and json.loads(b2)["n"] == 2, b2
+            assert [(status, json.loads(body)["n"]) for status, _, body in behind] == [
+                (200, 2), (200, 3)], behind
             assert h.funclet.acquired == ["q@1", "q@1"]
 
     asyncio.run(scenario())
@@ -208,14 +214,17 @@ async def test_a_waiting_call_whose_caller_leaves_does_not_cut_the_running_one_s
         client = wire.Client(str(h.cfg.socket("controller")))
         waiting = asyncio.ensure_future(client.call("invoke", b'{"n": 2}', function="q"))
         await async_wait_until(lambda: _inflight(h, 2), "the second call to wait in the sandbox")
+        third = asyncio.ensure_future(h.request("POST", QUEUED_URL, b'{"n": 3}'))
+        await async_wait_until(lambda: _inflight(h, 3), "the third call to wait behind it")
         await client.close()
         with pytest.raises(ConnectionError):
             await waiting
         status, _, body = await first
         assert status == 200 and json.loads(body)["n"] == 1, body
         # The sandbox still holds the abandoned call, to run with nobody to answer: it goes,
-        # and the next call gets a new one.
+        # and the call sent behind that one runs in a new sandbox.
+        status, _, body = await third
+        assert status == 200 and json.loads(body)["n"] == 3, body
+        assert json.loads(body)["pid"] != json.loads((await first)[2])["pid"]
         await async_wait_until(lambda: h.funclet.destroyed == ["sb1"], "the sandbox to go")
-        status, _, body = await h.request("POST", QUEUED_URL, b'{"n": 3}')
-        assert status == 200 and json.loads(body)["n"] == 3
         assert h.funclet.acquired == ["q@1", "q@1"]

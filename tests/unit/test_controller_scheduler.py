@@ -103,7 +103,7 @@ def test_at_the_cap_only_short_calls_wait_inside_a_busy_sandbox(
 
 async def _short_calls_wait_inside(reported: dict[str, float] | None, behind: bool,
                                    waits_inside: bool) -> None:
-    async with scheduler(max_instances=1) as (s, _):
+    async with scheduler(max_instances=1, queue_in_sandbox_depth=2) as (s, _):
         t = target("a")
         first = await s.acquire(t)
         first.in_order = True  # as the python3 runner says when it loads such a function
@@ -113,15 +113,42 @@ async def _short_calls_wait_inside(reported: dict[str, float] | None, behind: bo
         await async_wait_until(lambda: second.done() or len(s._queues["a"]) == 1)
         if waits_inside:
             assert second.result() is first and first.inflight == 2
-            # One call at most waits inside: the next queues as before.
-            third = asyncio.ensure_future(s.acquire(t))
+            assert await s.acquire(t) is first and first.inflight == 3
+            # Two at most wait inside (queue_in_sandbox_depth): the next queues as before.
+            fourth = asyncio.ensure_future(s.acquire(t))
             await async_wait_until(lambda: len(s._queues["a"]) == 1)
             s.release(first)
-            assert await asyncio.wait_for(third, 2) is first
+            assert await asyncio.wait_for(fourth, 2) is first
         else:
             assert not second.done() and first.inflight == 1
             s.release(first)
             assert await asyncio.wait_for(second, 2) is first
+
+
+@run
+async def test_a_call_waits_inside_the_sandbox_with_the_fewest_calls() -> None:
+    async with scheduler(max_instances=2) as (s, _):
+        t = target("a")
+        one, two = await s.acquire(t), await s.acquire(t)
+        one.in_order = two.in_order = True
+        s.observe("a", SHORT)
+        assert await s.acquire(t) is one  # both run one call: the first found
+        assert [await s.acquire(t) for _ in range(3)] == [two, one, two]
+        assert (one.inflight, two.inflight) == (3, 3)
+
+
+@run
+async def test_no_call_waits_inside_with_a_depth_of_0() -> None:
+    async with scheduler(max_instances=1, queue_in_sandbox_depth=0) as (s, _):
+        t = target("a")
+        first = await s.acquire(t)
+        first.in_order = True
+        s.observe("a", SHORT)
+        second = asyncio.ensure_future(s.acquire(t))
+        await async_wait_until(lambda: len(s._queues["a"]) == 1)
+        assert not second.done() and first.inflight == 1
+        s.release(first)
+        assert await asyncio.wait_for(second, 2) is first
 
 
 @run

@@ -101,9 +101,9 @@ class Invoker:
     async def _run(self, sb: Sandbox, target: Target, request_id: str, payload: bytes,
                    started: float) -> CallResult:
         invoke_start = time.monotonic()
-        behind = sb.sent > 0  # sent while another call runs there: it waits for that one
+        call, turn = sb.invoke(request_id, payload, target.timeout)
         try:
-            header, body = await sb.invoke(request_id, payload, target.timeout)
+            header, body = await call
         except TimeoutError:
             await self.scheduler.kill(sb, f"inv={request_id} timed out")
             message = f"{request_id} Task timed out after {target.timeout:.2f} seconds"
@@ -112,18 +112,18 @@ class Invoker:
         except (ConnectionError, OSError) as e:
             return await self._crashed(sb, target, request_id, started, e)
         except asyncio.CancelledError:
-            if behind and sb.waiting_behind():
-                # Still waiting behind another caller's call: that one finishes, this one will
-                # run after it with nobody to answer, so the sandbox takes no more calls.
+            if turn is not None and turn.cancel():
+                # Still waiting behind other callers' calls: those finish, this one will run
+                # after them with nobody to answer, so the sandbox takes no more calls.
                 self.scheduler.abandon_waiting(sb, f"inv={request_id} abandoned by its caller")
             else:
                 # The caller went away mid-call; the handler may still be running in there, so
                 # the slot cannot be trusted any more.
                 self.scheduler.drop_later(sb, f"inv={request_id} abandoned by its caller")
             raise
-        sb.answered()
+        next_abandoned = sb.answered()
         self.scheduler.observe(target.name, header)
-        self.scheduler.release(sb)
+        self.scheduler.release(sb, next_abandoned)
         self.metrics.observe("invoke", target.name, time.monotonic() - invoke_start)
         call_log = str(header.get("log") or "")
         if not header.get("ok"):

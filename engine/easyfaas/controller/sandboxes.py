@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 from .. import wire
 from ..errors import EasyFaaSError
 from .registry import Target
+
+Answer = tuple[wire.Header, bytes]  # a runner's answer frame
 
 
 class CallNotStarted(Exception):
@@ -50,8 +53,9 @@ class Sandbox:
     in_order: bool = False
     # Calls sent to the runner and not answered yet; with ``in_order``, the first is running.
     sent: int = 0
-    # Told when the call waiting behind the running one starts (the one before it answered).
-    _turn: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
+    # One per call waiting behind the running one, in the order sent: told when that call
+    # starts (the one before it answered). Cancelled: that call's caller left before it.
+    _turns: deque[asyncio.Future[None]] = field(default_factory=deque, init=False, repr=False)
 
     @property
     def state(self) -> str:
@@ -73,43 +77,48 @@ class Sandbox:
         return str(header.get("log") or "")
 
     def invoke(self, request_id: str, payload: bytes,
-               timeout: float) -> Coroutine[Any, Any, tuple[wire.Header, bytes]]:
-        """One runner round trip (to await). Raises ``TimeoutError`` or ``ConnectionError``, and
-        ``CallNotStarted`` for a call sent behind one that failed. Call ``answered()`` once the
-        answer is in.
+               timeout: float) -> tuple[Coroutine[Any, Any, Answer], asyncio.Future[None] | None]:
+        """One runner round trip (to await), and for a call sent behind others its turn: the
+        future told when it starts. The round trip raises ``TimeoutError`` or
+        ``ConnectionError``, and ``CallNotStarted`` for a call sent behind one that failed.
+        Call ``answered()`` once the answer is in.
 
         Returns the wire call itself rather than awaiting it: one coroutine less on every
         call's path, each resumed on the way in and out."""
         self.sent += 1
         if self.sent > 1:
-            return self._invoke_behind(request_id, payload, timeout)
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._turns.append(turn)
+            return self._invoke_behind(request_id, payload, timeout, turn), turn
         deadline_ms = int((time.time() + timeout) * 1000)
         return self.client.call_raw({"op": "invoke", "request_id": request_id,
-                                     "deadline_ms": deadline_ms}, payload, timeout)
+                                     "deadline_ms": deadline_ms}, payload, timeout), None
 
-    def answered(self) -> None:
-        """A call's answer came back: the call behind it, if any, is running now."""
+    def answered(self) -> bool:
+        """A call's answer came back: the next call sent behind it, if any, is running now.
+
+        True if that call's caller already left (its turn was cancelled): it runs with nobody
+        to answer, and the calls sent behind it must not start there."""
         self.sent -= 1
-        turn, self._turn = self._turn, None
-        if turn is not None and not turn.done():
-            turn.set_result(None)
+        if not self._turns:
+            return False
+        turn = self._turns.popleft()
+        if turn.cancelled():
+            return True
+        turn.set_result(None)
+        return False
 
-    def waiting_behind(self) -> bool:
-        """A call was sent to wait behind the running one and has not started."""
-        return self._turn is not None and not self._turn.done()
-
-    async def _invoke_behind(self, request_id: str, payload: bytes,
-                             timeout: float) -> tuple[wire.Header, bytes]:
+    async def _invoke_behind(self, request_id: str, payload: bytes, timeout: float,
+                             turn: asyncio.Future[None]) -> Answer:
         """Send now, so the runner finds the call when it answers the one before. Its timeout
         runs from when it starts; no ``deadline_ms`` either: the runner counts the function's
         timeout from when it starts the call."""
-        turn = self._turn = asyncio.get_running_loop().create_future()
         try:
             return await self.client.call_raw({"op": "invoke", "request_id": request_id},
                                               payload, timeout, start=turn)
         except (ConnectionError, OSError) as e:
             if not turn.done():  # it never ran (its own timeout starts with it)
-                raise CallNotStarted(f"{self.id}: the call ahead failed") from e
+                raise CallNotStarted(f"{self.id}: a call ahead failed") from e
             raise
 
     def describe(self, now: float) -> dict[str, Any]:

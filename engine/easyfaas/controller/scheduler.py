@@ -190,24 +190,30 @@ class Scheduler:
         return True
 
     def _behind_busy(self, target: Target) -> Sandbox | None:
-        """At the function's cap with every sandbox busy: a sandbox whose runner takes calls in
-        order, running one call and with none waiting, takes this one to wait behind it.
+        """At the function's cap with every sandbox busy: of the sandboxes whose runner takes
+        calls in order, the one with the fewest calls sent to it, if fewer than
+        ``scheduler.queue_in_sandbox_depth`` wait behind its running call, takes this one too.
 
-        Sent at once, the call is in the runner's socket when the runner answers the one before,
-        so the runner goes straight on to it instead of sleeping until the controller's next turn
-        (measured: docs/performance.md). Only for a function whose calls are short on average
-        (``scheduler.queue_in_sandbox_below_ms``): the call waits for that one call to end even
-        if another sandbox frees up first.
+        Sent at once, the calls are in the runner's socket when it answers the one before, so
+        the runner goes straight on to the next instead of sleeping until the controller's next
+        turn, and the controller and trigger get the CPU in longer turns that each handle many
+        calls (measured: docs/performance.md). Only for a function whose calls are short on
+        average (``scheduler.queue_in_sandbox_below_ms``): a call waits for the ones ahead of it
+        in its sandbox even if another sandbox frees up first.
         """
         limit_s = self.cfg.scheduler.queue_in_sandbox_below_ms / 1000
         run_s = self._run_s.get(target.name)
         if target.concurrency != 1 or run_s is None or run_s >= limit_s:
             return None
+        most = self.cfg.scheduler.queue_in_sandbox_depth + 1  # with the running call
+        best: Sandbox | None = None
         for sb in self._by_key.get(target.key, ()):
-            if sb.inflight == 1 and sb.in_order and not (sb.retired or sb.dropped):
-                sb.inflight += 1
-                return sb
-        return None
+            if (1 <= sb.inflight < most and sb.in_order and not (sb.retired or sb.dropped)
+                    and (best is None or sb.inflight < best.inflight)):
+                best = sb
+        if best is not None:
+            best.inflight += 1
+        return best
 
     def observe(self, name: str, header: wire.Header) -> None:
         """Take note of what one call of ``name`` used, from its runner's answer."""
@@ -267,17 +273,19 @@ class Scheduler:
     def used_mb(self) -> int:
         return sum(sb.memory for sb in self.sandboxes) + self._starting_mb
 
-    def release(self, sb: Sandbox) -> None:
-        """Give back the slot a call held on a healthy sandbox."""
+    def release(self, sb: Sandbox, next_abandoned: bool = False) -> None:
+        """Give back the slot a call held on a healthy sandbox. ``next_abandoned``: the call
+        sent behind it has lost its caller and now runs (``Sandbox.answered``), so the calls
+        behind that one must not start there."""
         sb.inflight -= 1
         sb.last_used = time.monotonic()
-        if sb.retired and not sb.inflight:
+        if (next_abandoned or sb.retired and not sb.inflight) and not sb.dropped:
             self.drop_later(sb, sb.retired)
         self._kick()
 
     def abandon_waiting(self, sb: Sandbox, reason: str) -> None:
-        """The call waiting behind ``sb``'s running call lost its caller. It stays in the runner
-        and will run there with nobody to answer: give back its slot, let the running call
+        """A call waiting behind others in ``sb`` lost its caller. It stays in the runner and
+        will run there with nobody to answer: give back its slot, let the calls ahead of it
         finish, and take no more calls into that sandbox."""
         sb.retired = reason
         self.release(sb)
