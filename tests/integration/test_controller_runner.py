@@ -81,13 +81,13 @@ class ProcessFunclet(fakes.FakeFunclet):
 
 
 @contextlib.asynccontextmanager
-async def real_runners(name: str, code_text: str, timeout: float,
+async def real_runners(name: str, code_text: str, timeout: float, concurrency: int = 1,
                        **sections: dict[str, Any]) -> AsyncIterator[Any]:
     """The controller with one function ``name`` whose sandboxes are runner processes. On the
     way out, the controller must have destroyed every one of them when it stopped."""
     code = fakes.short_dir()
     (code / "index.py").write_text(code_text)
-    rec = fakes.record(name, timeout=timeout)
+    rec = fakes.record(name, timeout=timeout, concurrency=concurrency)
     rec["code"] = str(code)
     funclet: ProcessFunclet | None = None
     try:
@@ -128,6 +128,22 @@ async def _check_calls(h: Any) -> None:
     status, _, body = await h.request("POST", url, b"")
     assert status == 200 and json.loads(body)["hello"] == "world"
     assert h.funclet.acquired == ["f@1", "f@1", "f@1"]
+
+
+@fakes.run
+async def test_a_call_running_beside_one_that_kills_the_runner_fails_with_it() -> None:
+    """With ``concurrency`` 2 the runner runs two calls side by side: the second was running
+    when the first took the runner down, so it fails too and is not sent again elsewhere."""
+    async with real_runners("f", CODE, timeout=5.0, concurrency=2) as h:
+        url = "/v1/functions/f/invocations"
+        first = asyncio.ensure_future(h.request("POST", url, b'{"sleep": 0.5, "exit": true}'))
+        await async_wait_until(functools.partial(_inflight, h, 1), "the first call to run")
+        second = asyncio.ensure_future(h.request("POST", url, b'{"sleep": 2}'))
+        await async_wait_until(functools.partial(_inflight, h, 2), "both calls to run")
+        for status, headers, body in (await first, await second):
+            assert status == 200 and headers["X-easyfaas-Function-Error"] == "Unhandled", body
+            assert json.loads(body)["errorType"] == "Runtime.ExitError", body
+        assert h.funclet.acquired == ["f@1"]
 
 
 # Calls waiting inside a busy sandbox (``scheduler.queue_in_sandbox_below_ms``, up to

@@ -86,7 +86,7 @@ class Sandbox:
         Returns the wire call itself rather than awaiting it: one coroutine less on every
         call's path, each resumed on the way in and out."""
         self.sent += 1
-        if self.sent > 1:
+        if self.sent > 1 and self.in_order:  # else the calls run side by side (concurrency > 1)
             turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._turns.append(turn)
             return self._invoke_behind(request_id, payload, timeout, turn), turn
