@@ -130,17 +130,30 @@ async def _check_calls(h: Any) -> None:
     assert h.funclet.acquired == ["f@1", "f@1", "f@1"]
 
 
+async def _inflight(h: Any, count: int) -> bool:
+    """Whether the one sandbox holds ``count`` calls (running, or waiting behind one)."""
+    _, _, body = await h.request("GET", "/v1/runtimes", headers=h.auth())
+    return [sb["inflight"] for sb in json.loads(body)["sandboxes"]] == [count]
+
+
+async def _in_one_sandbox(h: Any, url: str, *bodies: bytes) -> list[Any]:
+    """Send the calls one by one, each once the ones before are in the one sandbox (running
+    there, or waiting behind a call); their answers, in order."""
+    calls = []
+    for n, body in enumerate(bodies, 1):
+        calls.append(asyncio.ensure_future(h.request("POST", url, body)))
+        await async_wait_until(functools.partial(_inflight, h, n), f"{n} calls in the sandbox")
+    return [await c for c in calls]
+
+
 @fakes.run
 async def test_a_call_running_beside_one_that_kills_the_runner_fails_with_it() -> None:
     """With ``concurrency`` 2 the runner runs two calls side by side: the second was running
     when the first took the runner down, so it fails too and is not sent again elsewhere."""
     async with real_runners("f", CODE, timeout=5.0, concurrency=2) as h:
-        url = "/v1/functions/f/invocations"
-        first = asyncio.ensure_future(h.request("POST", url, b'{"sleep": 0.5, "exit": true}'))
-        await async_wait_until(functools.partial(_inflight, h, 1), "the first call to run")
-        second = asyncio.ensure_future(h.request("POST", url, b'{"sleep": 2}'))
-        await async_wait_until(functools.partial(_inflight, h, 2), "both calls to run")
-        for status, headers, body in (await first, await second):
+        answers = await _in_one_sandbox(h, "/v1/functions/f/invocations",
+                                        b'{"sleep": 0.5, "exit": true}', b'{"sleep": 2}')
+        for status, headers, body in answers:
             assert status == 200 and headers["X-easyfaas-Function-Error"] == "Unhandled", body
             assert json.loads(body)["errorType"] == "Runtime.ExitError", body
         assert h.funclet.acquired == ["f@1"]
@@ -173,27 +186,11 @@ async def one_sandbox(timeout: float) -> AsyncIterator[Any]:
         yield h
 
 
-async def _inflight(h: Any, count: int) -> bool:
-    """Whether the one sandbox holds ``count`` calls (one runs, the others wait behind it)."""
-    _, _, body = await h.request("GET", "/v1/runtimes", headers=h.auth())
-    return [sb["inflight"] for sb in json.loads(body)["sandboxes"]] == [count]
-
-
-async def _call_behind(h: Any, ahead: bytes, *behind: bytes) -> list[Any]:
-    """Start a call, then send the others one by one while it runs; each must wait in the same
-    sandbox."""
-    calls = []
-    for n, body in enumerate((ahead, *behind), 1):
-        calls.append(asyncio.ensure_future(h.request("POST", QUEUED_URL, body)))
-        await async_wait_until(functools.partial(_inflight, h, n), f"{n} calls in the sandbox")
-    return [await c for c in calls]
-
-
 @fakes.run
 async def test_a_call_waiting_in_a_busy_sandbox_gets_its_whole_timeout() -> None:
     async with one_sandbox(timeout=1.0) as h:
-        answers = await _call_behind(h, b'{"n": 1, "sleep": 0.7}', b'{"n": 2, "sleep": 0.7}',
-                                     b'{"n": 3, "sleep": 0.7}')
+        answers = await _in_one_sandbox(h, QUEUED_URL, b'{"n": 1, "sleep": 0.7}',
+                                        b'{"n": 2, "sleep": 0.7}', b'{"n": 3, "sleep": 0.7}')
         assert [(status, json.loads(body)["n"]) for status, _, body in answers] == [
             (200, 1), (200, 2), (200, 3)], answers
         results = [json.loads(body) for _, _, body in answers]
@@ -212,7 +209,8 @@ def test_a_call_waiting_behind_one_that_fails_runs_in_a_new_sandbox(ahead: bytes
                                                                     error: str) -> None:
     async def scenario() -> None:
         async with one_sandbox(timeout=1.0) as h:
-            (_, _, b1), *behind = await _call_behind(h, ahead, b'{"n": 2}', b'{"n": 3}')
+            (_, _, b1), *behind = await _in_one_sandbox(h, QUEUED_URL, ahead, b'{"n": 2}',
+                                                        b'{"n": 3}')
             assert json.loads(b1)["errorType"] == error
             assert [(status, json.loads(body)["n"]) for status, _, body in behind] == [
                 (200, 2), (200, 3)], behind

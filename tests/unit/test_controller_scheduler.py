@@ -90,23 +90,26 @@ async def test_max_instances_makes_calls_wait_for_a_free_slot() -> None:
 SHORT = {"run_s": 0.0005, "cpu_demand_s": 0.0001}  # what a runner reports of a 0.5 ms call
 
 
-@pytest.mark.parametrize("reported, behind, waits_inside", [
-    (SHORT, True, True),  # short calls: the next waits inside the busy sandbox
-    (None, True, False),  # nothing known of the function's calls yet
-    ({"run_s": 0.004, "cpu_demand_s": 0.001}, True, False),  # longer than the 2 ms default
-    (SHORT, False, False),  # a call that was sent behind one and came back unstarted
+@pytest.mark.parametrize("reported, behind, in_order, depth, waits_inside", [
+    (SHORT, True, True, 2, True),  # short calls: the next waits inside the busy sandbox
+    (None, True, True, 2, False),  # nothing known of the function's calls yet
+    ({"run_s": 0.004, "cpu_demand_s": 0.001}, True, True, 2, False),  # longer than 2 ms
+    (SHORT, False, True, 2, False),  # a call that was sent behind one and came back unstarted
+    (SHORT, True, False, 2, False),  # a runner that may take calls at once (does not say so)
+    (SHORT, True, True, 0, False),  # queue_in_sandbox_depth 0: none wait inside
 ])
 def test_at_the_cap_only_short_calls_wait_inside_a_busy_sandbox(
-        reported: dict[str, float] | None, behind: bool, waits_inside: bool) -> None:
-    asyncio.run(_short_calls_wait_inside(reported, behind, waits_inside))
+        reported: dict[str, float] | None, behind: bool, in_order: bool, depth: int,
+        waits_inside: bool) -> None:
+    asyncio.run(_short_calls_wait_inside(reported, behind, in_order, depth, waits_inside))
 
 
 async def _short_calls_wait_inside(reported: dict[str, float] | None, behind: bool,
-                                   waits_inside: bool) -> None:
-    async with scheduler(max_instances=1, queue_in_sandbox_depth=2) as (s, _):
+                                   in_order: bool, depth: int, waits_inside: bool) -> None:
+    async with scheduler(max_instances=1, queue_in_sandbox_depth=depth) as (s, _):
         t = target("a")
         first = await s.acquire(t)
-        first.in_order = True  # as the python3 runner says when it loads such a function
+        first.in_order = in_order  # as the python3 runner says when it loads such a function
         if reported:
             s.observe("a", reported)
         second = asyncio.ensure_future(s.acquire(t, behind=behind))
@@ -135,33 +138,6 @@ async def test_a_call_waits_inside_the_sandbox_with_the_fewest_calls() -> None:
         assert await s.acquire(t) is one  # both run one call: the first found
         assert [await s.acquire(t) for _ in range(3)] == [two, one, two]
         assert (one.inflight, two.inflight) == (3, 3)
-
-
-@run
-async def test_no_call_waits_inside_with_a_depth_of_0() -> None:
-    async with scheduler(max_instances=1, queue_in_sandbox_depth=0) as (s, _):
-        t = target("a")
-        first = await s.acquire(t)
-        first.in_order = True
-        s.observe("a", SHORT)
-        second = asyncio.ensure_future(s.acquire(t))
-        await async_wait_until(lambda: len(s._queues["a"]) == 1)
-        assert not second.done() and first.inflight == 1
-        s.release(first)
-        assert await asyncio.wait_for(second, 2) is first
-
-
-@run
-async def test_a_runner_that_may_take_calls_at_once_gets_none_to_wait_inside() -> None:
-    async with scheduler(max_instances=1) as (s, _):
-        t = target("a")
-        first = await s.acquire(t)  # the fake runner does not say it takes calls in order
-        s.observe("a", SHORT)
-        second = asyncio.ensure_future(s.acquire(t))
-        await async_wait_until(lambda: len(s._queues["a"]) == 1)
-        assert not second.done()
-        s.release(first)
-        assert await asyncio.wait_for(second, 2) is first
 
 
 @run
