@@ -16,6 +16,7 @@ import asyncio
 import heapq
 import itertools
 import struct
+from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
@@ -134,10 +135,12 @@ class _ClientProtocol(FlowControlled):
     A protocol rather than streams: on the request path every await and task counts.
     """
 
-    def __init__(self, path: str, pending: dict[int, asyncio.Future[tuple[Header, bytes]]]):
+    def __init__(self, path: str, pending: dict[int, asyncio.Future[tuple[Header, bytes]]],
+                 on_answer: Callable[[], None] | None):
         super().__init__()
         self.path = path
         self.pending = pending
+        self.on_answer = on_answer
         self.frames = FrameBuffer()
         self.transport: asyncio.Transport | None = None
 
@@ -151,6 +154,8 @@ class _ClientProtocol(FlowControlled):
             self._fail(ConnectionError(f"{self.path}: {e}"))
             return
         for header, payload in frames:
+            if self.on_answer is not None:
+                self.on_answer()
             fut = self.pending.pop(header.get("id", -1), None)
             if fut is not None and not fut.done():
                 fut.set_result((header, payload))
@@ -191,6 +196,9 @@ class Client:
         # Connections made so far: a caller that introduces itself on a connection (the
         # trigger's ``register``) compares it to notice a reconnect.
         self.connects = 0
+        # Told of every answer that arrives, also one whose caller has left (set before the
+        # first call): a peer that answers in order has then started the next request.
+        self.on_answer: Callable[[], None] | None = None
 
     @property
     def connected(self) -> bool:
@@ -203,7 +211,7 @@ class Client:
                 # A fresh pending map per connection: a late answer on a dead one is dropped.
                 self._pending = {}
                 _, protocol = await asyncio.get_running_loop().create_unix_connection(
-                    lambda: _ClientProtocol(self.path, self._pending), self.path)
+                    lambda: _ClientProtocol(self.path, self._pending, self.on_answer), self.path)
                 self._protocol = protocol
                 self.connects += 1
             assert self._protocol is not None

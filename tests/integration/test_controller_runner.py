@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,8 @@ import os, time
 def handler(event, context):
     remaining = context.get_remaining_time_in_millis()
     time.sleep(event.get("sleep", 0))
+    while event.get("until") and not os.path.exists(event["until"]):
+        time.sleep(0.01)  # the function's own work: it runs until the test lets it finish
     if event.get("exit"):
         os._exit(3)
     return {"n": event.get("n"), "remaining": remaining, "pid": os.getpid()}
@@ -221,24 +224,31 @@ def test_a_call_waiting_behind_one_that_fails_runs_in_a_new_sandbox(ahead: bytes
 
 @fakes.run
 async def test_a_waiting_call_whose_caller_leaves_does_not_cut_the_running_one_short() -> None:
-    async with one_sandbox(timeout=5.0) as h:
-        first = asyncio.ensure_future(h.request("POST", QUEUED_URL, b'{"n": 1, "sleep": 0.7}'))
-        await async_wait_until(lambda: _inflight(h, 1), "the first call to run")
-        # The trigger's way in: a caller on controller.sock that hangs up mid-call.
-        client = wire.Client(str(h.cfg.socket("controller")))
-        waiting = asyncio.ensure_future(client.call("invoke", b'{"n": 2}', function="q"))
-        await async_wait_until(lambda: _inflight(h, 2), "the second call to wait in the sandbox")
-        third = asyncio.ensure_future(h.request("POST", QUEUED_URL, b'{"n": 3}'))
-        await async_wait_until(lambda: _inflight(h, 3), "the third call to wait behind it")
-        await client.close()
-        with pytest.raises(ConnectionError):
-            await waiting
-        status, _, body = await first
-        assert status == 200 and json.loads(body)["n"] == 1, body
-        # The sandbox still holds the abandoned call, to run with nobody to answer: it goes,
-        # and the call sent behind that one runs in a new sandbox.
-        status, _, body = await third
-        assert status == 200 and json.loads(body)["n"] == 3, body
-        assert json.loads(body)["pid"] != json.loads((await first)[2])["pid"]
-        await async_wait_until(lambda: h.funclet.destroyed == ["sb1"], "the sandbox to go")
-        assert h.funclet.acquired == ["q@1", "q@1"]
+    with tempfile.TemporaryDirectory() as tmp:
+        async with one_sandbox(timeout=30.0) as h:
+            done = Path(tmp) / "done"
+            first = asyncio.ensure_future(h.request(
+                "POST", QUEUED_URL, json.dumps({"n": 1, "until": str(done)}).encode()))
+            await async_wait_until(lambda: _inflight(h, 1), "the first call to run")
+            # The trigger's way in: a caller on controller.sock that hangs up mid-call.
+            client = wire.Client(str(h.cfg.socket("controller")))
+            waiting = asyncio.ensure_future(client.call("invoke", b'{"n": 2}', function="q"))
+            await async_wait_until(lambda: _inflight(h, 2), "the second call to wait inside")
+            third = asyncio.ensure_future(h.request("POST", QUEUED_URL, b'{"n": 3}'))
+            await async_wait_until(lambda: _inflight(h, 3), "the third call to wait behind it")
+            await client.close()
+            with pytest.raises(ConnectionError):
+                await waiting
+            # The controller gave back the abandoned call's slot while the first still runs;
+            # only then may the first end.
+            await async_wait_until(lambda: _inflight(h, 2), "the abandoned call's slot back")
+            done.touch()
+            status, _, body = await first
+            assert status == 200 and json.loads(body)["n"] == 1, body
+            # The sandbox still holds the abandoned call, to run with nobody to answer: it
+            # goes, and the call sent behind that one runs in a new sandbox.
+            status, _, body = await third
+            assert status == 200 and json.loads(body)["n"] == 3, body
+            assert json.loads(body)["pid"] != json.loads((await first)[2])["pid"]
+            await async_wait_until(lambda: h.funclet.destroyed == ["sb1"], "it to go")
+            assert h.funclet.acquired == ["q@1", "q@1"]

@@ -126,3 +126,17 @@ async def test_a_timeout_with_a_start_runs_from_that_start() -> None:
         start.set_result(None)
         await after
         assert header["op"] == "echo" and client._deadlines == []
+
+
+@run
+async def test_every_answer_is_told_also_one_whose_caller_left() -> None:
+    """``on_answer`` hears each answer frame, the late answer of a timed-out call too (a peer
+    that answers in order has then started the next request)."""
+    async with _client() as client:
+        told: list[None] = []
+        client.on_answer = lambda: told.append(None)
+        with pytest.raises(TimeoutError):
+            await client.call_raw({"op": "slow", "delay": 0.3}, timeout=0.05)
+        # Answered after the late one on the same stream: that one came, was dropped, was told.
+        await client.call_raw({"op": "slow", "delay": 0.5}, timeout=20)
+        assert len(told) == 2

@@ -121,9 +121,8 @@ class Invoker:
                 # the slot cannot be trusted any more.
                 self.scheduler.drop_later(sb, f"inv={request_id} abandoned by its caller")
             raise
-        next_abandoned = sb.answered()
         self.scheduler.observe(target.name, header)
-        self.scheduler.release(sb, next_abandoned)
+        self.scheduler.release(sb)
         self.metrics.observe("invoke", target.name, time.monotonic() - invoke_start)
         call_log = str(header.get("log") or "")
         if not header.get("ok"):

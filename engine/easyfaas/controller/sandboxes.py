@@ -54,8 +54,15 @@ class Sandbox:
     # Calls sent to the runner and not answered yet; with ``in_order``, the first is running.
     sent: int = 0
     # One per call waiting behind the running one, in the order sent: told when that call
-    # starts (the one before it answered). Cancelled: that call's caller left before it.
+    # starts (the runner answered the one before). Cancelled: that call's caller left before it.
     _turns: deque[asyncio.Future[None]] = field(default_factory=deque, init=False, repr=False)
+    # A call whose caller left before it started is running now: nothing behind it may start.
+    orphan_running: bool = False
+
+    def __post_init__(self) -> None:
+        # Every answer counts, also one whose caller has left: the runner has then started the
+        # next call in its socket, whoever still waits for it.
+        self.client.on_answer = self._answered
 
     @property
     def state(self) -> str:
@@ -81,7 +88,6 @@ class Sandbox:
         """One runner round trip (to await), and for a call sent behind others its turn: the
         future told when it starts. The round trip raises ``TimeoutError`` or
         ``ConnectionError``, and ``CallNotStarted`` for a call sent behind one that failed.
-        Call ``answered()`` once the answer is in.
 
         Returns the wire call itself rather than awaiting it: one coroutine less on every
         call's path, each resumed on the way in and out."""
@@ -94,19 +100,18 @@ class Sandbox:
         return self.client.call_raw({"op": "invoke", "request_id": request_id,
                                      "deadline_ms": deadline_ms}, payload, timeout), None
 
-    def answered(self) -> bool:
-        """A call's answer came back: the next call sent behind it, if any, is running now.
-
-        True if that call's caller already left (its turn was cancelled): it runs with nobody
-        to answer, and the calls sent behind it must not start there."""
+    def _answered(self) -> None:
+        """The runner answered a call (``load``'s answer comes before any is sent): the next
+        call sent behind it, if any, is running now."""
+        if not self.sent:
+            return
         self.sent -= 1
-        if not self._turns:
-            return False
-        turn = self._turns.popleft()
-        if turn.cancelled():
-            return True
-        turn.set_result(None)
-        return False
+        if self._turns:
+            turn = self._turns.popleft()
+            if turn.cancelled():
+                self.orphan_running = True
+            else:
+                turn.set_result(None)
 
     async def _invoke_behind(self, request_id: str, payload: bytes, timeout: float,
                              turn: asyncio.Future[None]) -> Answer:

@@ -273,13 +273,13 @@ class Scheduler:
     def used_mb(self) -> int:
         return sum(sb.memory for sb in self.sandboxes) + self._starting_mb
 
-    def release(self, sb: Sandbox, next_abandoned: bool = False) -> None:
-        """Give back the slot a call held on a healthy sandbox. ``next_abandoned``: the call
-        sent behind it has lost its caller and now runs (``Sandbox.answered``), so the calls
-        behind that one must not start there."""
+    def release(self, sb: Sandbox) -> None:
+        """Give back the slot a call held on a healthy sandbox. If the call sent behind it lost
+        its caller and now runs (``Sandbox.orphan_running``), the sandbox goes at once: the
+        calls behind that one must not start there."""
         sb.inflight -= 1
         sb.last_used = time.monotonic()
-        if (next_abandoned or sb.retired and not sb.inflight) and not sb.dropped:
+        if (sb.orphan_running or sb.retired and not sb.inflight) and not sb.dropped:
             self.drop_later(sb, sb.retired)
         self._kick()
 
