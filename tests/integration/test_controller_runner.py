@@ -12,7 +12,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +45,16 @@ class ProcessFunclet(fakes.FakeFunclet):
     def __init__(self, root: Path):
         super().__init__(root)
         self.procs: dict[str, asyncio.subprocess.Process] = {}
+        # Awaited before a sandbox is killed: what its runner does meanwhile.
+        self.before_destroy: Callable[[], Awaitable[None]] | None = None
 
     async def handle(self, header: dict[str, Any], payload: bytes,
                      writer: asyncio.StreamWriter) -> tuple[dict[str, Any], bytes]:
         if header["op"] == "acquire":
             return await self._spawn(header)
         if header["op"] == "destroy":
+            if self.before_destroy is not None:
+                await self.before_destroy()
             proc = self.procs[header["sandbox"]]
             if proc.returncode is None:
                 proc.send_signal(signal.SIGKILL)
@@ -168,6 +172,9 @@ import os, time
 
 def handler(event, context):
     remaining = context.get_remaining_time_in_millis()
+    if event.get("mark"):
+        with open(event["mark"], "a") as f:
+            print(os.getpid(), file=f)  # one line per start of this call
     time.sleep(event.get("sleep", 0))
     while event.get("until") and not os.path.exists(event["until"]):
         time.sleep(0.01)  # the function's own work: it runs until the test lets it finish
@@ -223,6 +230,30 @@ def test_a_call_waiting_behind_one_that_fails_runs_in_a_new_sandbox(ahead: bytes
 
 
 @fakes.run
+async def test_a_call_the_runner_started_before_its_sandbox_was_killed_is_not_sent_again() -> None:
+    """The call ahead times out just as it ends: while its sandbox is being destroyed the runner
+    answers it and starts the call behind, which then dies with the sandbox. That call ran, so
+    it fails; sent to another sandbox it would run twice."""
+    with tempfile.TemporaryDirectory() as tmp:
+        release, marks = Path(tmp) / "release", Path(tmp) / "marks"
+        async with one_sandbox(timeout=1.0) as h:
+
+            async def finish_the_call_ahead() -> None:
+                release.touch()
+                await async_wait_until(marks.exists, "the call behind it to start")
+
+            h.funclet.before_destroy = finish_the_call_ahead
+            ahead, behind = await _in_one_sandbox(
+                h, QUEUED_URL, json.dumps({"n": 1, "until": str(release)}).encode(),
+                json.dumps({"n": 2, "mark": str(marks), "sleep": 5}).encode())
+            assert json.loads(ahead[2])["errorType"] == "TimeoutError", ahead
+            assert behind[1]["X-easyfaas-Function-Error"] == "Unhandled", behind
+            assert json.loads(behind[2])["errorType"] == "Runtime.ExitError", behind
+            assert len(marks.read_text().splitlines()) == 1  # it started once
+            assert h.funclet.acquired == ["q@1"]
+
+
+@fakes.run
 async def test_a_waiting_call_whose_caller_leaves_does_not_cut_the_running_one_short() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         async with one_sandbox(timeout=30.0) as h:
@@ -232,7 +263,9 @@ async def test_a_waiting_call_whose_caller_leaves_does_not_cut_the_running_one_s
             await async_wait_until(lambda: _inflight(h, 1), "the first call to run")
             # The trigger's way in: a caller on controller.sock that hangs up mid-call.
             client = wire.Client(str(h.cfg.socket("controller")))
-            waiting = asyncio.ensure_future(client.call("invoke", b'{"n": 2}', function="q"))
+            # It runs longer than the sandbox takes to go, so the call behind it cannot start.
+            waiting = asyncio.ensure_future(
+                client.call("invoke", b'{"n": 2, "sleep": 30}', function="q"))
             await async_wait_until(lambda: _inflight(h, 2), "the second call to wait inside")
             third = asyncio.ensure_future(h.request("POST", QUEUED_URL, b'{"n": 3}'))
             await async_wait_until(lambda: _inflight(h, 3), "the third call to wait behind it")

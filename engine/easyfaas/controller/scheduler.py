@@ -379,10 +379,17 @@ class Scheduler:
     # -- dropping sandboxes ---------------------------------------------------------------------
 
     async def kill(self, sb: Sandbox, reason: str) -> dict[str, Any]:
-        """Drop a sandbox now and return the funclet's ``destroy`` answer (``oom``, ``reason``)."""
+        """Drop a sandbox now and return the funclet's ``destroy`` answer (``oom``, ``reason``).
+
+        The runner connection stays open until the sandbox is gone: an answer the runner sent
+        before it died is still read, so a call waiting behind the answered one counts as
+        started (it fails with the sandbox) rather than as never run and sent again elsewhere.
+        A call that times out as it ends lets the runner start the next one meanwhile."""
         self._forget(sb)
-        await sb.client.close()
-        return await self._destroy(sb.id, sb.target, reason)
+        try:
+            return await self._destroy(sb.id, sb.target, reason)
+        finally:
+            await sb.client.close()
 
     def drop_later(self, sb: Sandbox, reason: str) -> None:
         """Stop handing ``sb`` out now; destroy it in the background."""
