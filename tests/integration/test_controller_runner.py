@@ -253,35 +253,55 @@ async def test_a_call_the_runner_started_before_its_sandbox_was_killed_is_not_se
             assert h.funclet.acquired == ["q@1"]
 
 
+async def _abandon_the_waiting_call(h: Any, tmp: str, abandoned: dict[str, Any]) -> list[Any]:
+    """Three calls in the one sandbox, the second's caller (on controller.sock, the trigger's
+    way in) hanging up while it waits; the answers of the first and the third."""
+    done = Path(tmp) / "done"
+    first = asyncio.ensure_future(h.request(
+        "POST", QUEUED_URL, json.dumps({"n": 1, "until": str(done)}).encode()))
+    await async_wait_until(lambda: _inflight(h, 1), "the first call to run")
+    client = wire.Client(str(h.cfg.socket("controller")))
+    waiting = asyncio.ensure_future(
+        client.call("invoke", json.dumps(abandoned).encode(), function="q"))
+    await async_wait_until(lambda: _inflight(h, 2), "the second call to wait inside")
+    third = asyncio.ensure_future(h.request("POST", QUEUED_URL, b'{"n": 3}'))
+    await async_wait_until(lambda: _inflight(h, 3), "the third call to wait behind it")
+    await client.close()
+    with pytest.raises(ConnectionError):
+        await waiting
+    # The controller gave back the abandoned call's slot while the first still runs; only
+    # then may the first end.
+    await async_wait_until(lambda: _inflight(h, 2), "the abandoned call's slot back")
+    done.touch()
+    answers = [await first, await third]
+    assert [(status, json.loads(body)["n"]) for status, _, body in answers] == [
+        (200, 1), (200, 3)], answers
+    return [json.loads(body) for _, _, body in answers]
+
+
 @fakes.run
-async def test_a_waiting_call_whose_caller_leaves_does_not_cut_the_running_one_short() -> None:
+async def test_a_waiting_call_whose_caller_leaves_runs_and_the_calls_behind_it_follow() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        async with one_sandbox(timeout=30.0) as h:
-            done = Path(tmp) / "done"
-            first = asyncio.ensure_future(h.request(
-                "POST", QUEUED_URL, json.dumps({"n": 1, "until": str(done)}).encode()))
-            await async_wait_until(lambda: _inflight(h, 1), "the first call to run")
-            # The trigger's way in: a caller on controller.sock that hangs up mid-call.
-            client = wire.Client(str(h.cfg.socket("controller")))
-            # It runs longer than the sandbox takes to go, so the call behind it cannot start.
-            waiting = asyncio.ensure_future(
-                client.call("invoke", b'{"n": 2, "sleep": 30}', function="q"))
-            await async_wait_until(lambda: _inflight(h, 2), "the second call to wait inside")
-            third = asyncio.ensure_future(h.request("POST", QUEUED_URL, b'{"n": 3}'))
-            await async_wait_until(lambda: _inflight(h, 3), "the third call to wait behind it")
-            await client.close()
-            with pytest.raises(ConnectionError):
-                await waiting
-            # The controller gave back the abandoned call's slot while the first still runs;
-            # only then may the first end.
-            await async_wait_until(lambda: _inflight(h, 2), "the abandoned call's slot back")
-            done.touch()
-            status, _, body = await first
-            assert status == 200 and json.loads(body)["n"] == 1, body
-            # The sandbox still holds the abandoned call, to run with nobody to answer: it
-            # goes, and the call sent behind that one runs in a new sandbox.
-            status, _, body = await third
-            assert status == 200 and json.loads(body)["n"] == 3, body
-            assert json.loads(body)["pid"] != json.loads((await first)[2])["pid"]
+        marks = Path(tmp) / "marks"
+        async with one_sandbox(timeout=3.0) as h:
+            # It runs for longer than a sandbox takes to go, well inside its timeout.
+            first, third = await _abandon_the_waiting_call(
+                h, tmp, {"n": 2, "mark": str(marks), "sleep": 0.5})
+            # It ran in its turn with nobody to answer, and the third ran after it, there.
+            assert len(marks.read_text().splitlines()) == 1
+            assert first["pid"] == third["pid"]
+            assert h.funclet.acquired == ["q@1"]
+            # The sandbox took no more calls and went once the calls in it had answered.
             await async_wait_until(lambda: h.funclet.destroyed == ["sb1"], "it to go")
+
+
+@fakes.run
+async def test_a_waiting_call_whose_caller_left_is_held_to_its_timeout() -> None:
+    """Nobody waits for its answer, yet the calls behind it wait for it to end: if it runs past
+    the function's timeout, its sandbox goes and those calls run in another."""
+    with tempfile.TemporaryDirectory() as tmp:
+        async with one_sandbox(timeout=3.0) as h:
+            first, third = await _abandon_the_waiting_call(h, tmp, {"n": 2, "sleep": 60})
+            assert first["pid"] != third["pid"]
             assert h.funclet.acquired == ["q@1", "q@1"]
+            assert "sb1" in h.funclet.destroyed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,8 +56,10 @@ class Sandbox:
     # One per call waiting behind the running one, in the order sent: told when that call
     # starts (the runner answered the one before). Cancelled: that call's caller left before it.
     _turns: deque[asyncio.Future[None]] = field(default_factory=deque, init=False, repr=False)
-    # A call whose caller left before it started is running now: nothing behind it may start.
-    orphan_running: bool = False
+    # Called if a call whose caller left before it started (nobody waits for its answer) runs
+    # past the function's timeout: the calls behind it would otherwise never start.
+    on_overrun: Callable[[Sandbox], None] | None = None
+    _orphan_timer: asyncio.TimerHandle | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Every answer counts, also one whose caller has left: the runner has then started the
@@ -106,12 +108,22 @@ class Sandbox:
         if not self.sent:
             return
         self.sent -= 1
+        if self._orphan_timer is not None:  # that was the answer nobody waits for
+            self._orphan_timer.cancel()
+            self._orphan_timer = None
         if self._turns:
             turn = self._turns.popleft()
             if turn.cancelled():
-                self.orphan_running = True
+                # Its timeout, which its caller's invoker would have kept, is kept here.
+                self._orphan_timer = asyncio.get_running_loop().call_later(
+                    self.target.timeout, self._overran)
             else:
                 turn.set_result(None)
+
+    def _overran(self) -> None:
+        self._orphan_timer = None
+        if self.on_overrun is not None and not self.dropped:
+            self.on_overrun(self)
 
     async def _invoke_behind(self, request_id: str, payload: bytes, timeout: float,
                              turn: asyncio.Future[None]) -> Answer:

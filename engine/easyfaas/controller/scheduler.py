@@ -274,21 +274,23 @@ class Scheduler:
         return sum(sb.memory for sb in self.sandboxes) + self._starting_mb
 
     def release(self, sb: Sandbox) -> None:
-        """Give back the slot a call held on a healthy sandbox. If the call sent behind it lost
-        its caller and now runs (``Sandbox.orphan_running``), the sandbox goes at once: the
-        calls behind that one must not start there."""
+        """Give back the slot a call held on a healthy sandbox."""
         sb.inflight -= 1
         sb.last_used = time.monotonic()
-        if (sb.orphan_running or sb.retired and not sb.inflight) and not sb.dropped:
+        if sb.retired and not sb.inflight and not sb.dropped:
             self.drop_later(sb, sb.retired)
         self._kick()
 
     def abandon_waiting(self, sb: Sandbox, reason: str) -> None:
         """A call waiting behind others in ``sb`` lost its caller. It stays in the runner and
-        will run there with nobody to answer: give back its slot, let the calls ahead of it
-        finish, and take no more calls into that sandbox."""
+        runs there in its turn with nobody to answer (held to its timeout by the sandbox): give
+        back its slot, and take no more calls into that sandbox, which goes once the calls in
+        it have answered."""
         sb.retired = reason
         self.release(sb)
+
+    def _overran(self, sb: Sandbox) -> None:
+        self.drop_later(sb, "a call whose caller left ran past its timeout")
 
     def _kick(self) -> None:
         """Capacity may have changed: hand slots to the heads of the wait queues, in order.
@@ -367,7 +369,7 @@ class Scheduler:
             raise ServiceUnavailable(f"funclet unavailable: {e}") from e
         info = header["sandbox"]
         sb = Sandbox(id=info["id"], target=target, memory=int(info.get("memory") or target.memory),
-                     client=wire.Client(info["socket"]), inflight=1)
+                     client=wire.Client(info["socket"]), inflight=1, on_overrun=self._overran)
         # The reservation becomes a real sandbox in one step, so the budget never counts it twice.
         self._starting[target.name] -= 1
         self._starting_mb -= target.memory
