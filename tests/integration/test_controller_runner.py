@@ -305,3 +305,31 @@ async def test_a_waiting_call_whose_caller_left_is_held_to_its_timeout() -> None
             assert first["pid"] != third["pid"]
             assert h.funclet.acquired == ["q@1", "q@1"]
             assert "sb1" in h.funclet.destroyed
+
+
+@pytest.mark.parametrize("first_runs_s", [0.5, 60])
+def test_a_running_call_whose_caller_leaves_is_held_to_its_timeout(first_runs_s: float) -> None:
+    """The call waiting behind it follows it in the same sandbox if it ends within its 3 s
+    timeout; if it runs past that, the sandbox goes and the waiting call runs in another."""
+    async def scenario() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            marks = Path(tmp) / "marks"
+            async with one_sandbox(timeout=3.0) as h:
+                client = wire.Client(str(h.cfg.socket("controller")))
+                running = asyncio.ensure_future(client.call("invoke", json.dumps(
+                    {"n": 1, "mark": str(marks), "sleep": first_runs_s}).encode(), function="q"))
+                await async_wait_until(lambda: _inflight(h, 1), "the first call to run")
+                second = asyncio.ensure_future(h.request("POST", QUEUED_URL, b'{"n": 2}'))
+                await async_wait_until(lambda: _inflight(h, 2), "the second to wait behind it")
+                await client.close()
+                with pytest.raises(ConnectionError):
+                    await running
+                status, _, body = await second
+                assert status == 200 and json.loads(body)["n"] == 2, body
+                same_sandbox = json.loads(body)["pid"] == int(marks.read_text())
+                assert same_sandbox == (first_runs_s < 3), (body, marks.read_text())
+                assert h.funclet.acquired == (["q@1"] if same_sandbox else ["q@1", "q@1"])
+                # It took no more calls, and went once nobody waited for its answers.
+                await async_wait_until(lambda: "sb1" in h.funclet.destroyed, "it to go")
+
+    asyncio.run(scenario())

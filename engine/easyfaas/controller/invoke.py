@@ -117,9 +117,8 @@ class Invoker:
                 # after them with nobody to answer, so the sandbox takes no more calls.
                 self.scheduler.abandon_waiting(sb, f"inv={request_id} abandoned by its caller")
             else:
-                # The caller went away mid-call; the handler may still be running in there, so
-                # the slot cannot be trusted any more.
-                self.scheduler.drop_later(sb, f"inv={request_id} abandoned by its caller")
+                # The caller went away mid-call; the handler may still be running in there.
+                self.scheduler.abandon_running(sb, f"inv={request_id} abandoned by its caller")
             raise
         self.scheduler.observe(target.name, header)
         self.scheduler.release(sb)

@@ -114,11 +114,17 @@ class Sandbox:
         if self._turns:
             turn = self._turns.popleft()
             if turn.cancelled():
-                # Its timeout, which its caller's invoker would have kept, is kept here.
-                self._orphan_timer = asyncio.get_running_loop().call_later(
-                    self.target.timeout, self._overran)
+                self.hold_to_timeout()
             else:
                 turn.set_result(None)
+
+    def hold_to_timeout(self) -> None:
+        """The running call's caller has left (it left while the call waited, or while it ran):
+        nobody waits for its answer, but the calls behind it wait for it to end. Hold it to the
+        function's timeout from now, as its caller's invoker would have; its answer cancels
+        this."""
+        self._orphan_timer = asyncio.get_running_loop().call_later(
+            self.target.timeout, self._overran)
 
     def _overran(self) -> None:
         self._orphan_timer = None

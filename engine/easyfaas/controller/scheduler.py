@@ -289,6 +289,19 @@ class Scheduler:
         sb.retired = reason
         self.release(sb)
 
+    def abandon_running(self, sb: Sandbox, reason: str) -> None:
+        """The call running in ``sb`` lost its caller. In a runner that takes calls in order its
+        answer tells when it has ended, so the calls waiting behind it follow as if it had not:
+        hold it to its timeout, give back its slot and take no more calls into the sandbox
+        (which then goes at once if no call is left in it). Elsewhere the calls run side by
+        side and nothing would say when it ends: the sandbox goes now."""
+        if not sb.in_order:
+            self.drop_later(sb, reason)
+            return
+        sb.hold_to_timeout()
+        sb.retired = reason
+        self.release(sb)
+
     def _overran(self, sb: Sandbox) -> None:
         self.drop_later(sb, "a call whose caller left ran past its timeout")
 
