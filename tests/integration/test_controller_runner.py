@@ -253,83 +253,45 @@ async def test_a_call_the_runner_started_before_its_sandbox_was_killed_is_not_se
             assert h.funclet.acquired == ["q@1"]
 
 
-async def _abandon_the_waiting_call(h: Any, tmp: str, abandoned: dict[str, Any]) -> list[Any]:
-    """Three calls in the one sandbox, the second's caller (on controller.sock, the trigger's
-    way in) hanging up while it waits; the answers of the first and the third."""
-    done = Path(tmp) / "done"
-    first = asyncio.ensure_future(h.request(
-        "POST", QUEUED_URL, json.dumps({"n": 1, "until": str(done)}).encode()))
-    await async_wait_until(lambda: _inflight(h, 1), "the first call to run")
-    client = wire.Client(str(h.cfg.socket("controller")))
-    waiting = asyncio.ensure_future(
-        client.call("invoke", json.dumps(abandoned).encode(), function="q"))
-    await async_wait_until(lambda: _inflight(h, 2), "the second call to wait inside")
-    third = asyncio.ensure_future(h.request("POST", QUEUED_URL, b'{"n": 3}'))
-    await async_wait_until(lambda: _inflight(h, 3), "the third call to wait behind it")
-    await client.close()
-    with pytest.raises(ConnectionError):
-        await waiting
-    # The controller gave back the abandoned call's slot while the first still runs; only
-    # then may the first end.
-    await async_wait_until(lambda: _inflight(h, 2), "the abandoned call's slot back")
-    done.touch()
-    answers = [await first, await third]
-    assert [(status, json.loads(body)["n"]) for status, _, body in answers] == [
-        (200, 1), (200, 3)], answers
-    return [json.loads(body) for _, _, body in answers]
-
-
-@fakes.run
-async def test_a_waiting_call_whose_caller_leaves_runs_and_the_calls_behind_it_follow() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        marks = Path(tmp) / "marks"
-        async with one_sandbox(timeout=3.0) as h:
-            # It runs for longer than a sandbox takes to go, well inside its timeout.
-            first, third = await _abandon_the_waiting_call(
-                h, tmp, {"n": 2, "mark": str(marks), "sleep": 0.5})
-            # It ran in its turn with nobody to answer, and the third ran after it, there.
-            assert len(marks.read_text().splitlines()) == 1
-            assert first["pid"] == third["pid"]
-            assert h.funclet.acquired == ["q@1"]
-            # The sandbox took no more calls and went once the calls in it had answered.
-            await async_wait_until(lambda: h.funclet.destroyed == ["sb1"], "it to go")
-
-
-@fakes.run
-async def test_a_waiting_call_whose_caller_left_is_held_to_its_timeout() -> None:
-    """Nobody waits for its answer, yet the calls behind it wait for it to end: if it runs past
-    the function's timeout, its sandbox goes and those calls run in another."""
-    with tempfile.TemporaryDirectory() as tmp:
-        async with one_sandbox(timeout=3.0) as h:
-            first, third = await _abandon_the_waiting_call(h, tmp, {"n": 2, "sleep": 60})
-            assert first["pid"] != third["pid"]
-            assert h.funclet.acquired == ["q@1", "q@1"]
-            assert "sb1" in h.funclet.destroyed
-
-
-@pytest.mark.parametrize("first_runs_s", [0.5, 60])
-def test_a_running_call_whose_caller_leaves_is_held_to_its_timeout(first_runs_s: float) -> None:
-    """The call waiting behind it follows it in the same sandbox if it ends within its 3 s
-    timeout; if it runs past that, the sandbox goes and the waiting call runs in another."""
+@pytest.mark.parametrize("abandoned_runs_s", [0.5, 60])
+@pytest.mark.parametrize("position", ["running", "waiting"])
+def test_a_call_whose_caller_leaves_is_held_to_its_timeout(position: str,
+                                                          abandoned_runs_s: float) -> None:
+    """A call whose caller (on controller.sock, the trigger's way in) hangs up, while it runs or
+    while it waits behind another, still runs with nobody to answer. The call behind it follows
+    in the same sandbox if it ends within the function's 3 s timeout; if it runs past that, the
+    sandbox goes and the call behind runs in another. The sandbox takes no new calls and goes."""
     async def scenario() -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            marks = Path(tmp) / "marks"
+            marks, done = Path(tmp) / "marks", Path(tmp) / "done"
             async with one_sandbox(timeout=3.0) as h:
+                ahead = []
+                if position == "waiting":  # behind a call that runs until the test lets it end
+                    ahead.append(asyncio.ensure_future(h.request(
+                        "POST", QUEUED_URL, json.dumps({"n": 1, "until": str(done)}).encode())))
+                    await async_wait_until(lambda: _inflight(h, 1), "the first call to run")
                 client = wire.Client(str(h.cfg.socket("controller")))
-                running = asyncio.ensure_future(client.call("invoke", json.dumps(
-                    {"n": 1, "mark": str(marks), "sleep": first_runs_s}).encode(), function="q"))
-                await async_wait_until(lambda: _inflight(h, 1), "the first call to run")
-                second = asyncio.ensure_future(h.request("POST", QUEUED_URL, b'{"n": 2}'))
-                await async_wait_until(lambda: _inflight(h, 2), "the second to wait behind it")
+                abandoned = asyncio.ensure_future(client.call("invoke", json.dumps(
+                    {"mark": str(marks), "sleep": abandoned_runs_s}).encode(), function="q"))
+                n = len(ahead)
+                await async_wait_until(lambda: _inflight(h, n + 1), "the call to abandon")
+                behind = asyncio.ensure_future(h.request("POST", QUEUED_URL, b'{"n": 2}'))
+                await async_wait_until(lambda: _inflight(h, n + 2), "a call behind it")
                 await client.close()
                 with pytest.raises(ConnectionError):
-                    await running
-                status, _, body = await second
-                assert status == 200 and json.loads(body)["n"] == 2, body
-                same_sandbox = json.loads(body)["pid"] == int(marks.read_text())
-                assert same_sandbox == (first_runs_s < 3), (body, marks.read_text())
-                assert h.funclet.acquired == (["q@1"] if same_sandbox else ["q@1", "q@1"])
-                # It took no more calls, and went once nobody waited for its answers.
+                    await abandoned
+                # Its slot is back while the call ahead, if any, still runs; only then may
+                # that one end.
+                await async_wait_until(lambda: _inflight(h, n + 1), "the abandoned call's slot")
+                done.touch()
+                answers = [await call for call in [*ahead, behind]]
+                assert [status for status, _, _ in answers] == [200] * (n + 1), answers
+                pids = [json.loads(body)["pid"] for _, _, body in answers]
+                started = [int(line) for line in marks.read_text().splitlines()]
+                assert len(started) == 1, started  # it ran, once, in the first sandbox
+                assert pids[:-1] == started * n
+                assert (pids[-1] == started[0]) == (abandoned_runs_s < 3), (pids, started)
+                assert h.funclet.acquired == ["q@1"] * (1 if abandoned_runs_s < 3 else 2)
                 await async_wait_until(lambda: "sb1" in h.funclet.destroyed, "it to go")
 
     asyncio.run(scenario())
