@@ -56,8 +56,8 @@ class Sandbox:
     # One per call waiting behind the running one, in the order sent: told when that call
     # starts (the runner answered the one before). Cancelled: that call's caller left before it.
     _turns: deque[asyncio.Future[None]] = field(default_factory=deque, init=False, repr=False)
-    # Called if a call whose caller left before it started (nobody waits for its answer) runs
-    # past the function's timeout: the calls behind it would otherwise never start.
+    # Called if a call whose caller left (nobody waits for its answer) runs past the function's
+    # timeout (``hold_to_timeout``): the calls behind it would otherwise never start.
     on_overrun: Callable[[Sandbox], None] | None = None
     _orphan_timer: asyncio.TimerHandle | None = field(default=None, init=False, repr=False)
 
