@@ -96,4 +96,8 @@ def write_docs(doc: Path, result: dict[str, Any]) -> None:
     facts = (f"Measured {result['finished_at']} ({result['mode']} mode) on {m['cpu_model']}, "
              f"{m['cores']} cores, Linux {m['kernel']}, Python {m['python']}, load average "
              f"{m['load_average_at_start'][0]:.2f} at start.")
+    switch = m.get("switch_round_trip_us")  # not in results from before it was measured
+    if switch:
+        facts += (f" A switch between two processes on the measured CPU took {switch['start']} µs"
+                  f" per round trip at the start and {switch['end']} µs at the end.")
     doc.write_text(f"{head}{BEGIN}\n{facts}\n\n{tables(result)}\n{END}{tail}")

@@ -98,11 +98,14 @@ def _engine_cold(figs: Figures, plan: Plan, logs: Path, pool: int, key: str) -> 
 def measure_all(plan: Plan, mode: str, logs: Path) -> dict[str, Any]:
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     machine = stats.machine()
+    switch_at_start = stats.switch_round_trip_us(plan.server_cpus)
     figs = Figures()
     baselines.interpreter(figs, plan)
     listing = _engine_main(figs, plan, logs)
     _engine_cold(figs, plan, logs, engine_figures.POOL_SIZE, "engine.cold_start.pool_ms")
     _engine_cold(figs, plan, logs, 0, "engine.cold_start.empty_pool_ms")
+    machine["switch_round_trip_us"] = {"start": switch_at_start,
+                                       "end": stats.switch_round_trip_us(plan.server_cpus)}
     return {"mode": mode, "started_at": started,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": machine, "plan": dataclasses.asdict(plan), "figures": figs.values,

@@ -58,6 +58,37 @@ def machine() -> dict[str, Any]:
             "memory_total_mib": _mem_total_mib()}
 
 
+def switch_round_trip_us(cpus: str | None, rounds: int = 20_000) -> float:
+    """How fast the machine switches between processes right now: microseconds per round trip
+    of one byte between two Python processes on the first of ``cpus`` (the idea of ``perf bench
+    sched pipe``). This VM has slow spells lasting minutes that move every figure; measured at
+    the start and the end of a run, this says which spell the run fell in."""
+    there, here = os.pipe(), os.pipe()  # (read, write) to the child, from the child
+    saved = os.sched_getaffinity(0)
+    if cpus is not None:
+        os.sched_setaffinity(0, {int(cpus.split(",")[0].split("-")[0])})
+    try:
+        pid = os.fork()
+        if pid == 0:  # only reads and writes until it exits, whatever threads the parent has
+            try:
+                for _ in range(rounds):
+                    os.read(there[0], 1)
+                    os.write(here[1], b".")
+            finally:
+                os._exit(0)
+        start = time.perf_counter()
+        for _ in range(rounds):
+            os.write(there[1], b".")
+            os.read(here[0], 1)
+        elapsed = time.perf_counter() - start
+        os.waitpid(pid, 0)
+    finally:
+        os.sched_setaffinity(0, saved)
+        for fd in (*there, *here):
+            os.close(fd)
+    return round(elapsed / rounds * 1e6, 2)
+
+
 def _mem_total_mib() -> int:
     with open("/proc/meminfo") as f:
         return int(f.readline().split()[1]) // 1024

@@ -87,6 +87,8 @@ def test_machine_facts_and_engine_processes(quick: tuple[Path, dict[str, Any]]) 
     machine = result["machine"]
     assert machine["cores"] >= 1 and machine["cpu_model"] and machine["kernel"]
     assert machine["python"].startswith("3.") and len(machine["load_average_at_start"]) == 3
+    switch = machine["switch_round_trip_us"]
+    assert 0 < switch["start"] < 10_000 and 0 < switch["end"] < 10_000, switch
     names = " ".join(p["name"] for p in result["engine_idle_processes"])
     assert "up" in names and all(p["pss_mib"] > 0 for p in result["engine_idle_processes"])
 
