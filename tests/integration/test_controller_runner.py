@@ -253,6 +253,25 @@ async def test_a_call_the_runner_started_before_its_sandbox_was_killed_is_not_se
             assert h.funclet.acquired == ["q@1"]
 
 
+@fakes.run
+async def test_a_call_behind_one_whose_sandbox_could_not_be_destroyed_is_not_sent_again() -> None:
+    """The call ahead times out and the funclet fails to destroy its sandbox, whose runner may
+    then still run the call waiting behind: that call fails rather than run elsewhere too."""
+    async with one_sandbox(timeout=1.0) as h:
+        failures = [RuntimeError("the funclet cannot destroy it (test)")]
+
+        async def fail_once() -> None:
+            if failures:
+                raise failures.pop()
+
+        h.funclet.before_destroy = fail_once
+        ahead, behind = await _in_one_sandbox(h, QUEUED_URL, b'{"n": 1, "sleep": 5}',
+                                              b'{"n": 2}')
+        assert json.loads(ahead[2])["errorType"] == "TimeoutError", ahead
+        assert json.loads(behind[2])["errorType"] == "Runtime.ExitError", behind
+        assert h.funclet.acquired == ["q@1"]
+
+
 @pytest.mark.parametrize("abandoned_runs_s", [0.5, 60])
 @pytest.mark.parametrize("position", ["running", "waiting"])
 def test_a_call_whose_caller_leaves_is_held_to_its_timeout(position: str,

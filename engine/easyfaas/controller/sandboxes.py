@@ -59,6 +59,8 @@ class Sandbox:
     # Called if a call whose caller left (nobody waits for its answer) runs past the function's
     # timeout (``hold_to_timeout``): the calls behind it would otherwise never start.
     on_overrun: Callable[[Sandbox], None] | None = None
+    # The funclet could not destroy it: its runner may still run the calls in its socket.
+    fate_unknown: bool = False
     _orphan_timer: asyncio.TimerHandle | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -140,7 +142,8 @@ class Sandbox:
             return await self.client.call_raw({"op": "invoke", "request_id": request_id},
                                               payload, timeout, start=turn)
         except (ConnectionError, OSError) as e:
-            if not turn.done():  # it never ran (its own timeout starts with it)
+            # It never ran (its own timeout starts with it), and will not where it was sent.
+            if not turn.done() and not self.fate_unknown:
                 raise CallNotStarted(f"{self.id}: a call ahead failed") from e
             raise
 

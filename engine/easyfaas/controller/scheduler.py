@@ -402,7 +402,7 @@ class Scheduler:
         A call that times out as it ends lets the runner start the next one meanwhile."""
         self._forget(sb)
         try:
-            return await self._destroy(sb.id, sb.target, reason)
+            return await self._destroy(sb, reason)
         finally:
             await sb.client.close()
 
@@ -424,12 +424,16 @@ class Scheduler:
                 del self._instances[sb.target.name]
             self._kick()
 
-    async def _destroy(self, sb_id: str, target: Target, reason: str) -> dict[str, Any]:
-        log.info("destroy fn=%s ver=%s sb=%s: %s", target.name, target.version, sb_id, reason)
+    async def _destroy(self, sb: Sandbox, reason: str) -> dict[str, Any]:
+        log.info("destroy fn=%s ver=%s sb=%s: %s", sb.target.name, sb.target.version, sb.id,
+                 reason)
         try:
-            header, _ = await self.funclet.call("destroy", sandbox=sb_id)
+            header, _ = await self.funclet.call("destroy", sandbox=sb.id)
         except (wire.RemoteError, OSError) as e:
-            log.error("destroy failed fn=%s sb=%s: %s", target.name, sb_id, e)
+            log.error("destroy failed fn=%s sb=%s: %s", sb.target.name, sb.id, e)
+            # It may live on and run the calls left in its socket: none of them counts as
+            # never started (to be sent elsewhere) any more.
+            sb.fate_unknown = True
             return {"oom": False, "reason": str(e)}
         return header
 
