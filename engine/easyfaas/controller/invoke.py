@@ -112,13 +112,11 @@ class Invoker:
         except (ConnectionError, OSError) as e:
             return await self._crashed(sb, target, request_id, started, e)
         except asyncio.CancelledError:
-            if turn is not None and turn.cancel():
-                # Still waiting behind other callers' calls: those finish, this one will run
-                # after them with nobody to answer, so the sandbox takes no more calls.
-                self.scheduler.abandon_waiting(sb, f"inv={request_id} abandoned by its caller")
-            else:
-                # The caller went away mid-call; the handler may still be running in there.
-                self.scheduler.abandon_running(sb, f"inv={request_id} abandoned by its caller")
+            # The caller left. A call still waiting behind others gives up its turn; one that
+            # runs may go on running in there.
+            waiting = turn is not None and turn.cancel()
+            self.scheduler.abandon(sb, f"inv={request_id} abandoned by its caller",
+                                   running=not waiting)
             raise
         self.scheduler.observe(target.name, header)
         self.scheduler.release(sb)

@@ -67,6 +67,8 @@ class Sandbox:
         # Every answer counts, also one whose caller has left: the runner has then started the
         # next call in its socket, whoever still waits for it.
         self.client.on_answer = self._answered
+        # Kept, not looked up per call: get_running_loop() is a getpid() syscall each time.
+        self._loop = asyncio.get_running_loop()
 
     @property
     def state(self) -> str:
@@ -97,7 +99,7 @@ class Sandbox:
         call's path, each resumed on the way in and out."""
         self.sent += 1
         if self.sent > 1 and self.in_order:  # else the calls run side by side (concurrency > 1)
-            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            turn: asyncio.Future[None] = self._loop.create_future()
             self._turns.append(turn)
             return self._invoke_behind(request_id, payload, timeout, turn), turn
         deadline_ms = int((time.time() + timeout) * 1000)
@@ -125,8 +127,7 @@ class Sandbox:
         nobody waits for its answer, but the calls behind it wait for it to end. Hold it to the
         function's timeout from now, as its caller's invoker would have; its answer cancels
         this."""
-        self._orphan_timer = asyncio.get_running_loop().call_later(
-            self.target.timeout, self._overran)
+        self._orphan_timer = self._loop.call_later(self.target.timeout, self._overran)
 
     def _overran(self) -> None:
         self._orphan_timer = None

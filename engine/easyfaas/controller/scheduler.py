@@ -281,24 +281,19 @@ class Scheduler:
             self.drop_later(sb, sb.retired)
         self._kick()
 
-    def abandon_waiting(self, sb: Sandbox, reason: str) -> None:
-        """A call waiting behind others in ``sb`` lost its caller. It stays in the runner and
-        runs there in its turn with nobody to answer (held to its timeout by the sandbox): give
-        back its slot, and take no more calls into that sandbox, which goes once the calls in
-        it have answered."""
-        sb.retired = reason
-        self.release(sb)
-
-    def abandon_running(self, sb: Sandbox, reason: str) -> None:
-        """The call running in ``sb`` lost its caller. In a runner that takes calls in order its
-        answer tells when it has ended, so the calls waiting behind it follow as if it had not:
-        hold it to its timeout, give back its slot and take no more calls into the sandbox
-        (which then goes at once if no call is left in it). Elsewhere the calls run side by
-        side and nothing would say when it ends: the sandbox goes now."""
+    def abandon(self, sb: Sandbox, reason: str, running: bool) -> None:
+        """A call in ``sb`` lost its caller: it runs on with nobody to answer (or will, in its
+        turn, if it waits behind others). In a runner that takes calls in order its answer
+        tells when it has ended, so the calls behind it follow as if it had not: the sandbox
+        holds it to its timeout (a waiting one from when its turn comes), the call gives back
+        its slot, and the sandbox takes no more calls and goes once no call is left in it.
+        Elsewhere calls run side by side and nothing would say when it ends: the sandbox goes
+        now."""
         if not sb.in_order:
             self.drop_later(sb, reason)
             return
-        sb.hold_to_timeout()
+        if running:
+            sb.hold_to_timeout()
         sb.retired = reason
         self.release(sb)
 
