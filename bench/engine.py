@@ -14,6 +14,7 @@ from typing import Any
 from bench import procs
 
 HANDLERS_DIR = Path(__file__).parent / "handlers"
+MEMORY_MB = 128  # of a deployed function, unless it says otherwise
 START_TIMEOUT = 60.0
 
 
@@ -40,7 +41,7 @@ class Engine:
             raise RuntimeError(f"GET /v1/runtimes answered {status}: {body[:200]!r}")
         return dict(json.loads(body))
 
-    def stage(self, name: str, handler: str, memory: int = 128) -> Path:
+    def stage(self, name: str, handler: str, memory: int = MEMORY_MB) -> Path:
         """A complete bundle of ``handler`` in the staging dir, ready to be renamed in."""
         bundle = self.staging / name
         bundle.mkdir()
@@ -62,7 +63,7 @@ class Engine:
         tmp.write_text(source.replace("hello world", f"hello world {marker}"))
         tmp.rename(self.code_dir / name / f"{handler}.py")
 
-    def deploy(self, name: str, handler: str, memory: int = 128) -> None:
+    def deploy(self, name: str, handler: str, memory: int = MEMORY_MB) -> None:
         """Deploy and wait until the function answers over the HTTP trigger."""
         self.publish(self.stage(name, handler, memory))
         procs.wait_until(lambda: procs.answers(self.url(name)), f"{name} to serve",

@@ -8,8 +8,8 @@ from typing import Any
 
 import psutil
 
-from bench import measure, procs, wrk
-from bench.engine import Engine
+from bench import isolation, measure, procs, wrk
+from bench.engine import MEMORY_MB, Engine
 from bench.measure import Plan
 from bench.stats import Figures
 
@@ -26,6 +26,11 @@ def warm_targets(figs: Figures, eng: Engine, plan: Plan) -> list[measure.Target]
         eng.deploy(handler, handler)
     return ([measure.Target("engine_http", h, eng.url(h)) for h in measure.HANDLERS]
             + [measure.Target("engine_invoke", h, eng.invoke_url(h)) for h in measure.HANDLERS])
+
+
+def warm_isolation(eng: Engine) -> dict[str, Any]:
+    """The isolation of the warm sandboxes that served the measured calls."""
+    return isolation.sandboxes(eng.runtimes(), eng.pid, measure.HANDLERS, MEMORY_MB)
 
 
 def _pool_full(eng: Engine, size: int) -> bool:

@@ -37,8 +37,11 @@ def checks() -> list[Check]:
         ("sandboxes_per_gib", "engine.memory.sandboxes_per_gib", None, ">=", 150.0)]
 
 
-def evaluate(figures: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Every check as ``{"value", "of", "target", "met"}``; ``value`` is null if a figure failed."""
+def evaluate(figures: dict[str, dict[str, Any]],
+             isolation: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every check as ``{"value", "of", "target", "met"}``; ``value`` is null if a figure failed.
+    Last, that the measured sandboxes kept their isolation (``bench/isolation.py``): its value
+    is how many passed every check, out of how many were checked."""
     ops = {"<=": operator.le, ">=": operator.ge}
     results = {}
     for name, num, den, op, bound in checks():
@@ -48,6 +51,11 @@ def evaluate(figures: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         met = None if value is None or bound is None else ops[op](value, bound)
         results[name] = {"value": value, "of": [num, den], "kind": "ratio" if den else "absolute",
                          "target": f"{op} {bound:g}" if bound is not None else None, "met": met}
+    checked = isolation.get("sandboxes", [])
+    passed = sum(all(sb["checks"].values()) for sb in checked)
+    results["isolation.measured_sandboxes_intact"] = {
+        "value": float(passed) if "error" not in isolation else None, "of": ["isolation"],
+        "kind": "count", "target": f"= {len(checked)}", "met": bool(isolation["intact"])}
     return results
 
 

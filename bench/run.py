@@ -47,9 +47,11 @@ def _system_keys(system: str) -> list[str]:
     return [k for h in measure.HANDLERS for k in measure.http_keys(system, h)]
 
 
-def _engine_main(figs: Figures, plan: Plan, logs: Path) -> list[dict[str, Any]] | None:
+def _engine_main(figs: Figures, plan: Plan, logs: Path,
+                 record: dict[str, Any]) -> None:
     """Everything measured on one engine with the default pool, the baselines' HTTP figures
-    interleaved with the engine's; returns the engine's idle processes."""
+    interleaved with the engine's. Into ``record``: the engine's idle processes, and the
+    isolation of the sandboxes that served the warm calls."""
     http_keys = [k for system in report.ENGINE for k in _system_keys(system)]
     code_dir, deploy, enqueue = ("engine.cold_start.code_dir_ms", "engine.deploy_to_serving_ms",
                                  "engine.async.enqueue_rps")
@@ -57,20 +59,28 @@ def _engine_main(figs: Figures, plan: Plan, logs: Path) -> list[dict[str, Any]] 
     warm_measured = False
     try:
         with engine.running(MAIN_CONFIG, plan.server_cpus, str(logs / "engine.log")) as eng:
-            listing = _step(figs, engine_figures.MEMORY_KEYS, engine_figures.memory, eng, plan)
+            record["engine_idle_processes"] = _step(
+                figs, engine_figures.MEMORY_KEYS, engine_figures.memory, eng, plan)
             _step(figs, [code_dir], engine_figures.code_dir_cold_start, eng, plan)
             _step(figs, [deploy], engine_figures.deploy_to_serving, eng, plan)
             targets = _step(figs, http_keys, engine_figures.warm_targets, eng, plan) or []
             _warm(figs, plan, logs, targets)
             warm_measured = True
+            record["isolation"] = _isolation(eng)
             # Last: the queued events keep the engine busy after the measurement.
             _step(figs, [enqueue], engine_figures.async_enqueue, eng, plan)
-            return listing
     except Exception as e:
         figs.fail([k for k in keys if k not in figs.values], e)
+        record.setdefault("isolation", {"error": f"{type(e).__name__}: {e}", "intact": False})
         if not warm_measured:
             _warm(figs, plan, logs, [])  # the baselines still get measured
-        return None
+
+
+def _isolation(eng: engine.Engine) -> dict[str, Any]:
+    try:
+        return engine_figures.warm_isolation(eng)
+    except Exception as e:  # not shown intact: recorded as such, like a failed figure
+        return {"error": f"{type(e).__name__}: {e}", "intact": False}
 
 
 def _warm(figs: Figures, plan: Plan, logs: Path, engine_targets: list[measure.Target]) -> None:
@@ -101,7 +111,8 @@ def measure_all(plan: Plan, mode: str, logs: Path) -> dict[str, Any]:
     switch_at_start = stats.switch_round_trip_us(plan.server_cpus)
     figs = Figures()
     baselines.interpreter(figs, plan)
-    listing = _engine_main(figs, plan, logs)
+    engine_record: dict[str, Any] = {"engine_idle_processes": None}
+    _engine_main(figs, plan, logs, engine_record)
     _engine_cold(figs, plan, logs, engine_figures.POOL_SIZE, "engine.cold_start.pool_ms")
     _engine_cold(figs, plan, logs, 0, "engine.cold_start.empty_pool_ms")
     machine["switch_round_trip_us"] = {"start": switch_at_start,
@@ -109,7 +120,8 @@ def measure_all(plan: Plan, mode: str, logs: Path) -> dict[str, Any]:
     return {"mode": mode, "started_at": started,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": machine, "plan": dataclasses.asdict(plan), "figures": figs.values,
-            "ratios": report.evaluate(figs.values), "engine_idle_processes": listing,
+            "ratios": report.evaluate(figs.values, engine_record["isolation"]),
+            **engine_record,
             "notes": {"engine.memory.sandboxes_per_gib": "derived: 1024 MiB / sandbox PSS",
                       "engine.async.enqueue_rps": "202s per second; each after its SQLite "
                                                   "commit (WAL, synchronous=FULL)"}}

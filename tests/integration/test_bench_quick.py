@@ -93,6 +93,19 @@ def test_machine_facts_and_engine_processes(quick: tuple[Path, dict[str, Any]]) 
     assert "up" in names and all(p["pss_mib"] > 0 for p in result["engine_idle_processes"])
 
 
+def test_the_measured_sandboxes_kept_their_isolation(quick: tuple[Path, dict[str, Any]]) -> None:
+    _, result = quick
+    iso = result["isolation"]
+    assert "error" not in iso, iso
+    labels = {sb["label"].split("@")[0] for sb in iso["sandboxes"]}
+    assert labels == set(HANDLERS), iso
+    for sb in iso["sandboxes"]:
+        assert all(sb["checks"].values()), sb
+    assert iso["intact"] is True
+    verdict = result["ratios"]["isolation.measured_sandboxes_intact"]
+    assert verdict["met"] is True and verdict["value"] == len(iso["sandboxes"]), verdict
+
+
 def test_chart_is_a_png(quick: tuple[Path, dict[str, Any]]) -> None:
     out, _ = quick
     assert (out / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
