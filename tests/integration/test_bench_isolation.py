@@ -31,7 +31,7 @@ def sleeper(request: pytest.FixtureRequest) -> Iterator[int]:
             pid = _children(proc.pid)[0]
         yield pid
     finally:
-        proc.kill()
+        proc.kill()  # with --kill-child, unshare's death takes its sleep along
         proc.wait()
 
 
@@ -48,7 +48,8 @@ def test_a_plain_process_fails_every_check(sleeper: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "sleeper", [["unshare", "--mount", "--net", "--ipc", "--uts", "--pid", "--cgroup", "--fork"]],
+    "sleeper", [["unshare", "--mount", "--net", "--ipc", "--uts", "--pid", "--cgroup", "--fork",
+                 "--kill-child"]],
     indirect=True)
 def test_namespaces_alone_do_not_make_a_sandbox(sleeper: int) -> None:
     checks = isolation.check(sleeper, os.getpid(), 128)
