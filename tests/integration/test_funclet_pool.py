@@ -148,7 +148,7 @@ def test_restart_after_kill_9_cleans_up_leftovers() -> None:
 
         async def restart() -> None:
             async with running(make_cfg(st, pool_size=0)):
-                assert not [g for g in _leftovers(cfg) if "/sb" in g]  # only the store view
+                assert not [g for g in _leftovers(cfg) if "/sb" in g]  # store view, template
                 assert not list((cfg.run_dir / "sb").iterdir())
                 await async_wait_until(lambda: not [p for p in old_pids if _alive(p)],
                                        "old sandbox processes to be gone")

@@ -12,9 +12,10 @@ from easyfaas.funclet import plan
 
 SPEC = plan.SandboxSpec(
     runtime="python3", cgroup_procs=["/cg/memory/i/sb/cgroup.procs"], root="/run/sb/x/root",
-    task="/run/sb/x/task", sock="/run/sb/x/sock", runtimes_dir="/repo/runtimes", uid=64000,
-    gid=64001, tmp_size_mb=32, nodejs="/usr/bin/node",
+    template="/run/tpl", task="/run/sb/x/task", sock="/run/sb/x/sock", uid=64000, gid=64001,
+    tmp_size_mb=32, nodejs="/usr/bin/node",
 )
+TEMPLATE = plan.template("/run/tpl", "/repo/runtimes", 64000, 64001)
 
 
 def _kinds(ops: list[plan.Op]) -> list[str]:
@@ -46,14 +47,22 @@ def test_systemd_scope_is_joined_by_waiting_for_attach_first() -> None:
     assert isinstance(attach, plan.AwaitAttach) and attach.scope == "/i-sb.scope"
 
 
-def test_root_is_read_only_and_slave() -> None:
+def test_root_is_the_read_only_template_and_slave() -> None:
     ops = plan.build(SPEC)
     mounts = [op for op in ops if isinstance(op, plan.Mount)]
     assert mounts[0] == plan.Mount(None, "/", None, ["rec", "slave"])
-    assert mounts[-1] == plan.Mount(None, "/", None, ["remount", "rdonly", "nosuid", "nodev"])
-    for dst in ("/run/sb/x/root/usr", "/run/sb/x/root/var/runtime"):
-        binds = [m for m in mounts if m.dst == dst]
+    assert mounts[1] == plan.Mount("/run/tpl", "/run/sb/x/root", None, ["bind", "rec"])
+    assert mounts[-1] == plan.Mount(None, "/", None, plan.RO)
+    # The template: its own tmpfs, private, read-only once made; /usr and the runtimes bound
+    # read-only; /dev read-only too.
+    tpl = [op for op in TEMPLATE if isinstance(op, plan.Mount)]
+    assert tpl[0].dst == "/run/tpl" and tpl[0].fstype == "tmpfs"
+    assert tpl[1] == plan.Mount(None, "/run/tpl", None, ["private"])
+    assert tpl[-1] == plan.Mount(None, "/run/tpl", None, plan.RO)
+    for dst in ("/run/tpl/usr", "/run/tpl/var/runtime"):
+        binds = [m for m in tpl if m.dst == dst]
         assert binds[0].flags == ["bind", "rec"] and "rdonly" in binds[1].flags
+    assert "rdonly" in [m for m in tpl if m.dst == "/run/tpl/dev"][-1].flags
 
 
 def test_mounts_code_tmp_proc_dev_and_socket_dir() -> None:
@@ -63,17 +72,23 @@ def test_mounts_code_tmp_proc_dev_and_socket_dir() -> None:
     assert by_dst[root + "/tmp"].data == "size=32m,mode=1777"
     assert by_dst[root + "/proc"].fstype == "proc"
     assert by_dst[root + "/run/sandbox"].src == "/run/sb/x/sock"
-    nodes = {d.rsplit("/", 1)[1] for d in by_dst if d.startswith(root + "/dev/")}
-    assert nodes == {"null", "zero", "full", "random", "urandom", "tty", "shm"}
+    assert by_dst[root + "/dev/shm"].fstype == "tmpfs"
+    tpl = {op.dst for op in TEMPLATE if isinstance(op, plan.Mount)}
+    nodes = {d.rsplit("/", 1)[1] for d in tpl if d.startswith("/run/tpl/dev/")}
+    assert nodes == {"null", "zero", "full", "random", "urandom", "tty"}
+    # Each sandbox's own mounts land on mount points the (read-only) template has.
+    dirs = {op.path for op in TEMPLATE if isinstance(op, plan.MakeDir)}
+    for own in ("/var/task", "/tmp", "/proc", "/dev/shm", "/run/sandbox"):
+        assert "/run/tpl" + own in dirs, own
 
 
 def test_etc_has_the_sandbox_user_and_no_host_files() -> None:
-    files = {op.path: op.content for op in plan.build(SPEC) if isinstance(op, plan.WriteFile)}
-    etc = "/run/sb/x/root/etc/"
+    files = {op.path: op.content for op in TEMPLATE if isinstance(op, plan.WriteFile)}
+    etc = "/run/tpl/etc/"
     assert set(files) == {etc + n for n in ("passwd", "group", "hosts", "hostname")}
     assert "sandbox:x:64000:64001:" in files[etc + "passwd"]
-    ops = plan.build(SPEC)
-    assert not any(isinstance(op, plan.Mount) and op.src == "/etc" for op in ops)
+    for ops in (TEMPLATE, plan.build(SPEC)):
+        assert not any(isinstance(op, plan.Mount) and op.src == "/etc" for op in ops)
 
 
 def test_privileges_and_runner() -> None:

@@ -1,10 +1,13 @@
-"""Host-side mounts: the read-only store view, per-sandbox shared task mounts, unmounting."""
+"""Host-side mounts: the read-only store view, the sandboxes' root template, per-sandbox shared
+task mounts, unmounting."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import SandboxError
+from . import nsinit, plan
 from .nsinit import mount, umount
 
 
@@ -61,3 +64,17 @@ def bind(src: Path, dst: Path) -> None:
         mount(str(src), str(dst), None, ["bind"])
     except OSError as e:
         raise SandboxError(f"cannot bind {src} at {dst}: {e}") from e
+
+
+def make_tree(path: Path, ops: list[plan.Op]) -> None:
+    """Apply plan ops that build a tree at ``path`` here, on the host (the root template)."""
+    path.mkdir(parents=True, exist_ok=True)
+    # Under systemd the funclet's umask is 0027: /etc/passwd would be closed to the sandbox uid.
+    umask = os.umask(0o022)
+    try:
+        for op in ops:
+            nsinit.apply_here(op.to_wire())
+    except OSError as e:
+        raise SandboxError(f"cannot make {path}: {e}") from e
+    finally:
+        os.umask(umask)

@@ -19,7 +19,7 @@ import socket
 import struct
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
@@ -110,12 +110,12 @@ def _host_pid() -> int:
 
 
 def _pivot_root(new_root: str) -> None:
-    old = new_root + "/.oldroot"
-    os.makedirs(old, exist_ok=True)
-    _check(_libc.syscall(SYSCALL["pivot_root"], new_root.encode(), old.encode()), "pivot_root")
+    # pivot_root(".", "."): the old root ends up stacked on the new one and is detached at
+    # once, so the new root (read-only, shared by every sandbox) needs no dir to put it in.
+    os.chdir(new_root)
+    _check(_libc.syscall(SYSCALL["pivot_root"], b".", b"."), "pivot_root")
+    umount(".")
     os.chdir("/")
-    umount("/.oldroot")
-    os.rmdir("/.oldroot")
 
 
 def _link_up(name: str) -> None:
@@ -268,6 +268,17 @@ def apply(ctx: Context, op: Op) -> None:
     if action is None:
         raise ValueError(f"unknown plan op {op['op']!r}")
     action(ctx, op)
+
+
+# The ops that build a tree and need no sandbox: the funclet applies them on the host to make
+# the root template (``plan.template``).
+_TREE_OPS = frozenset({"mount", "mkdir", "symlink", "write_file", "make_node"})
+
+
+def apply_here(op: Op) -> None:
+    if op["op"] not in _TREE_OPS:
+        raise ValueError(f"plan op {op['op']!r} runs only in a sandbox's init")
+    _OPS[op["op"]](cast(Context, None), op)
 
 
 def run_plan(plan: list[dict[str, Any]], ready_fd: int, joined_fd: int,

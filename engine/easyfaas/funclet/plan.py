@@ -160,10 +160,10 @@ class SandboxSpec:
 
     runtime: str
     cgroup_procs: list[str]  # cgroupfs: files the child writes itself ("0") into
-    root: str  # empty host dir: the new root's tmpfs is mounted here, inside the sandbox only
+    root: str  # empty host dir: the template is bound here, inside the sandbox only
+    template: str  # the read-only root every sandbox shares (``template``), made by the funclet
     task: str  # host side of /var/task (a shared mount the funclet binds code onto)
     sock: str  # host side of /run/sandbox
-    runtimes_dir: str
     uid: int
     gid: int
     tmp_size_mb: int
@@ -172,13 +172,13 @@ class SandboxSpec:
     batch_scheduling: bool = True
 
 
-def _etc(spec: SandboxSpec) -> list[Op]:
-    etc = spec.root + "/etc"
+def _etc(root: str, uid: int, gid: int) -> list[Op]:
+    etc = root + "/etc"
     return [
         MakeDir(etc),
         WriteFile(etc + "/passwd", f"root:x:0:0::/:/usr/sbin/nologin\n"
-                  f"sandbox:x:{spec.uid}:{spec.gid}::/tmp:/usr/sbin/nologin\n"),
-        WriteFile(etc + "/group", f"root:x:0:\nsandbox:x:{spec.gid}:\n"),
+                  f"sandbox:x:{uid}:{gid}::/tmp:/usr/sbin/nologin\n"),
+        WriteFile(etc + "/group", f"root:x:0:\nsandbox:x:{gid}:\n"),
         WriteFile(etc + "/hosts", "127.0.0.1 localhost sandbox\n::1 localhost\n"),
         WriteFile(etc + "/hostname", "sandbox\n"),
     ]
@@ -198,32 +198,47 @@ def _dev(root: str) -> list[Op]:
         ops += [MakeNode(f"{dev}/{node}"), Mount(f"/dev/{node}", f"{dev}/{node}", None, ["bind"])]
     ops += [Symlink(target, f"{dev}/{name}") for name, target in DEV_LINKS.items()]
     ops += [
-        MakeDir(dev + "/shm", 0o1777),
-        Mount("tmpfs", dev + "/shm", "tmpfs", ["nosuid", "nodev", "noexec"], "size=1m,mode=1777"),
+        MakeDir(dev + "/shm", 0o1777),  # each sandbox mounts its own tmpfs here
+        Mount(None, dev, None, ["bind", "remount", "rdonly", "nosuid", "noexec"]),
     ]
     return ops
 
 
-def _root_tree(spec: SandboxSpec) -> list[Op]:
+def template(path: str, runtimes_dir: str, uid: int, gid: int) -> list[Op]:
+    """The root every sandbox shares, made once by the funclet at ``path`` on the host and
+    bound whole into each sandbox (one recursive bind instead of ~40 ops per sandbox, ~0.8 ms of
+    a spawn): ``/usr`` and the runtimes read-only, generated ``/etc``, a minimal ``/dev``, and
+    the mount points of what each sandbox has of its own (``_own_mounts``). Read-only
+    throughout; private, so nothing mounted on the host propagates into it."""
+    ops: list[Op] = [Mount("tmpfs", path, "tmpfs", ["nosuid", "nodev"], "size=1m,mode=755"),
+                     Mount(None, path, None, ["private"])]
+    ops += _bind_ro("/usr", path + "/usr")
+    ops += [Symlink(target, f"{path}/{name}") for name, target in USR_LINKS.items()]
+    ops += _etc(path, uid, gid)
+    ops += _bind_ro(runtimes_dir, path + RUNTIME_DIR)
+    ops += [MakeDir(path + TASK_DIR), MakeDir(path + "/tmp", 0o1777), MakeDir(path + "/proc"),
+            MakeDir(path + "/run/sandbox")]
+    ops += _dev(path)
+    ops.append(Mount(None, path, None, RO))
+    return ops
+
+
+def _own_mounts(spec: SandboxSpec) -> list[Op]:
+    """The template, and on it what is this sandbox's alone."""
     root = spec.root
-    ops: list[Op] = [Mount("tmpfs", root, "tmpfs", ["nosuid", "nodev"], "size=1m,mode=755")]
-    ops += _bind_ro("/usr", root + "/usr")
-    ops += [Symlink(target, f"{root}/{name}") for name, target in USR_LINKS.items()]
-    ops += _etc(spec)
-    ops += _bind_ro(spec.runtimes_dir, root + RUNTIME_DIR)
-    # The host task dir is a shared mount and / is now a slave: code bound on the host later
-    # propagates in here. Its read-only flag comes from the read-only store view it is bound from.
-    ops += [MakeDir(root + TASK_DIR), Mount(spec.task, root + TASK_DIR, None, ["bind"])]
-    ops += [
-        MakeDir(root + "/tmp", 0o1777),
+    return [
+        Mount(spec.template, root, None, ["bind", "rec"]),
+        # The host task dir is a shared mount and / is now a slave: code bound on the host later
+        # propagates in here. Its read-only flag comes from the read-only store view it is bound
+        # from.
+        Mount(spec.task, root + TASK_DIR, None, ["bind"]),
         Mount("tmpfs", root + "/tmp", "tmpfs", ["nosuid", "nodev"],
               f"size={spec.tmp_size_mb}m,mode=1777"),
-        MakeDir(root + "/proc"),
         Mount("proc", root + "/proc", "proc", ["nosuid", "nodev", "noexec"]),
+        Mount("tmpfs", root + "/dev/shm", "tmpfs", ["nosuid", "nodev", "noexec"],
+              "size=1m,mode=1777"),
+        Mount(spec.sock, root + "/run/sandbox", None, ["bind"]),
     ]
-    ops += _dev(root)
-    ops += [MakeDir(root + "/run/sandbox"), Mount(spec.sock, root + "/run/sandbox", None, ["bind"])]
-    return ops
 
 
 def _runner(spec: SandboxSpec) -> StartRunner:
@@ -254,10 +269,10 @@ def build(spec: SandboxSpec) -> list[Op]:
         Unshare(list(UNSHARED)),
         Mount(None, "/", None, ["rec", "slave"]),
     ]
-    ops += _root_tree(spec)
+    ops += _own_mounts(spec)
     ops += [
         PivotRoot(spec.root),
-        Mount(None, "/", None, ["remount", "rdonly", "nosuid", "nodev"]),
+        Mount(None, "/", None, RO),  # the template's flags, made sure of in this mount
         Hostname("sandbox"),
         LinkUp("lo"),
         DropPrivileges(spec.uid, spec.gid),

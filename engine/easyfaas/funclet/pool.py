@@ -63,6 +63,7 @@ class Pools:
         self.runtimes = runtimes
         self.sb_dir = cfg.run_dir / "sb"
         self.store_view = cfg.run_dir / "store-ro"
+        self.template = cfg.run_dir / "root-template"
         self.sandboxes: dict[str, Sandbox] = {}
         self.cold: dict[str, deque[Sandbox]] = {rt: deque() for rt in plan.RUNTIMES}
         self._refills: dict[str, asyncio.Task[None]] = {}
@@ -70,10 +71,14 @@ class Pools:
     # -- lifecycle -------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        """Make the read-only store view all code binds come from."""
+        """Make the read-only store view all code binds come from, and the root template every
+        sandbox binds whole."""
         self.sb_dir.mkdir(parents=True, exist_ok=True)
         self.cfg.store_dir.mkdir(parents=True, exist_ok=True)
         mounts.bind_read_only(self.cfg.store_dir, self.store_view)
+        box = self.cfg.sandbox
+        mounts.make_tree(self.template, plan.template(str(self.template), str(self.runtimes),
+                                                      box.uid, box.gid))
 
     def available_runtimes(self) -> list[str]:
         return [rt for rt in plan.RUNTIMES if (self.runtimes / RUNNER_FILES[rt]).exists()]
@@ -95,9 +100,13 @@ class Pools:
                 failed.append(sb_id)
         if failed:
             raise SandboxError(f"sandboxes left behind: {', '.join(failed)}")
-        mounts.unmount_under(self.store_view)
-        if self.store_view.exists():
-            self.store_view.rmdir()
+        self._remove_shared_mounts()
+
+    def _remove_shared_mounts(self) -> None:
+        for path in (self.store_view, self.template):
+            mounts.unmount_under(path)
+            if path.exists():
+                path.rmdir()
 
     # -- create ----------------------------------------------------------------------------
 
@@ -105,8 +114,8 @@ class Pools:
         box = self.cfg.sandbox
         return plan.SandboxSpec(
             runtime=sb.runtime, cgroup_procs=self.backend.procs_files(sb.id),
-            root=str(sb.dir / "root"), task=str(sb.dir / "task"), sock=str(sb.dir / "sock"),
-            runtimes_dir=str(self.runtimes), uid=box.uid, gid=box.gid,
+            root=str(sb.dir / "root"), template=str(self.template), task=str(sb.dir / "task"),
+            sock=str(sb.dir / "sock"), uid=box.uid, gid=box.gid,
             tmp_size_mb=box.tmp_size_mb, nodejs=box.nodejs,
             attach_scope=self.backend.scope_suffix(sb.id) if self.backend.attaches else "",
             batch_scheduling=box.batch_scheduling,
@@ -276,11 +285,9 @@ class Pools:
             self.backend.kill(group)
             self.backend.remove(group)
         mounts.unmount_under(self.sb_dir)
-        mounts.unmount_under(self.store_view)
         if self.sb_dir.exists():
             shutil.rmtree(self.sb_dir)
-        if self.store_view.exists():
-            self.store_view.rmdir()
+        self._remove_shared_mounts()
 
     def status(self) -> dict[str, Any]:
         return {
