@@ -206,7 +206,7 @@ def _dev(root: str) -> list[Op]:
 
 def template(path: str, runtimes_dir: str, uid: int, gid: int) -> list[Op]:
     """The root every sandbox shares, made once by the funclet at ``path`` on the host and
-    bound whole into each sandbox (one recursive bind instead of ~40 ops per sandbox, ~0.8 ms of
+    bound whole into each sandbox (one recursive bind instead of ~40 ops per sandbox, ~0.75 ms of
     a spawn): ``/usr`` and the runtimes read-only, generated ``/etc``, a minimal ``/dev``, and
     the mount points of what each sandbox has of its own (``_own_mounts``). Read-only
     throughout; private, so nothing mounted on the host propagates into it."""
