@@ -21,8 +21,9 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 def check(pid: int, engine_pid: int, memory_mb: int) -> dict[str, bool]:
     """Each check of the sandbox whose init is ``pid``: True where every process passed it."""
     pids = [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
+    engine_ns = _namespaces(engine_pid)
     return {
-        "own_namespaces": all(_own_namespaces(p, engine_pid) for p in pids),
+        "own_namespaces": all(engine_ns.isdisjoint(_namespaces(p)) for p in pids),
         "unprivileged": all(_unprivileged(p) for p in pids),
         "memory_limit": all(_memory_limit(p) == memory_mb * MIB for p in pids),
         "pids_limit": all(_pids_limit(p) is not None for p in pids),
@@ -43,12 +44,10 @@ def sandboxes(runtimes: dict[str, Any], engine_pid: int, labels: tuple[str, ...]
     return {"sandboxes": checked, "intact": intact}
 
 
-def _own_namespaces(pid: int, engine_pid: int) -> bool:
-    return all(_ns(pid, ns) != _ns(engine_pid, ns) for ns in NAMESPACES)
-
-
-def _ns(pid: int, ns: str) -> str:
-    return str(Path(f"/proc/{pid}/ns/{ns}").readlink())
+def _namespaces(pid: int) -> set[str]:
+    """The namespaces of ``pid`` as ``/proc`` names them (``net:[4026531840]``): equal only
+    for the same namespace, and never equal across kinds."""
+    return {str(Path(f"/proc/{pid}/ns/{ns}").readlink()) for ns in NAMESPACES}
 
 
 def _status(pid: int) -> dict[str, str]:

@@ -47,11 +47,11 @@ def _system_keys(system: str) -> list[str]:
     return [k for h in measure.HANDLERS for k in measure.http_keys(system, h)]
 
 
-def _engine_main(figs: Figures, plan: Plan, logs: Path,
-                 record: dict[str, Any]) -> None:
+def _engine_main(figs: Figures, plan: Plan, logs: Path) -> dict[str, Any]:
     """Everything measured on one engine with the default pool, the baselines' HTTP figures
-    interleaved with the engine's. Into ``record``: the engine's idle processes, and the
-    isolation of the sandboxes that served the warm calls."""
+    interleaved with the engine's. Returns the engine's idle processes, and the isolation of
+    the sandboxes that served the warm calls."""
+    record: dict[str, Any] = {"engine_idle_processes": None}
     http_keys = [k for system in report.ENGINE for k in _system_keys(system)]
     code_dir, deploy, enqueue = ("engine.cold_start.code_dir_ms", "engine.deploy_to_serving_ms",
                                  "engine.async.enqueue_rps")
@@ -74,6 +74,7 @@ def _engine_main(figs: Figures, plan: Plan, logs: Path,
         record.setdefault("isolation", {"error": f"{type(e).__name__}: {e}", "intact": False})
         if not warm_measured:
             _warm(figs, plan, logs, [])  # the baselines still get measured
+    return record
 
 
 def _isolation(eng: engine.Engine) -> dict[str, Any]:
@@ -111,8 +112,7 @@ def measure_all(plan: Plan, mode: str, logs: Path) -> dict[str, Any]:
     switch_at_start = stats.switch_round_trip_us(plan.server_cpus)
     figs = Figures()
     baselines.interpreter(figs, plan)
-    engine_record: dict[str, Any] = {"engine_idle_processes": None}
-    _engine_main(figs, plan, logs, engine_record)
+    engine_record = _engine_main(figs, plan, logs)
     _engine_cold(figs, plan, logs, engine_figures.POOL_SIZE, "engine.cold_start.pool_ms")
     _engine_cold(figs, plan, logs, 0, "engine.cold_start.empty_pool_ms")
     machine["switch_round_trip_us"] = {"start": switch_at_start,

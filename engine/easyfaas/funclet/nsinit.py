@@ -278,7 +278,7 @@ _TREE_OPS = frozenset({"mount", "mkdir", "symlink", "write_file", "make_node"})
 def apply_here(op: Op) -> None:
     if op["op"] not in _TREE_OPS:
         raise ValueError(f"plan op {op['op']!r} runs only in a sandbox's init")
-    _OPS[op["op"]](cast(Context, None), op)
+    apply(cast(Context, None), op)  # no tree op uses the context
 
 
 def run_plan(plan: list[dict[str, Any]], ready_fd: int, joined_fd: int,
