@@ -76,9 +76,6 @@ class Scheduler:
     queue_in_sandbox_below_ms: float = 2.0
     # ... with at most this many calls waiting in one sandbox (0: never).
     queue_in_sandbox_depth: int = 4
-    # The controller runs SCHED_BATCH while two or more calls are in flight and each is of a
-    # function whose calls run shorter than this on average (ms; 0: never). See cpupolicy.py.
-    batch_below_ms: float = 2.0
 
 
 @dataclass(frozen=True)

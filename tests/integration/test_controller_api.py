@@ -55,6 +55,28 @@ async def _wait_log(h: fakes.Harness, name: str, needle: str) -> str:
     return text
 
 
+class VanishingFunclet(fakes.FakeFunclet):
+    """Hands out sandboxes whose runner is gone before the controller connects: its socket
+    path no longer exists (ENOENT, where a dead runner's refusal is ECONNREFUSED)."""
+
+    async def handle(self, header: dict, payload: bytes, writer: object) -> tuple[dict, bytes]:
+        answer, body = await super().handle(header, payload, writer)  # type: ignore[arg-type]
+        if header["op"] == "acquire":
+            runner = self.runners[answer["sandbox"]["id"]]
+            runner.kill()
+            os.unlink(runner.path)
+        return answer, body
+
+
+@run
+async def test_a_sandbox_whose_runner_is_gone_before_loading_is_a_function_error() -> None:
+    async with running_controller([record("f")], funclet_class=VanishingFunclet) as h:
+        status, headers, body = await h.request("POST", INVOKE.format("f"))
+        assert status == 200 and headers["X-easyfaas-Function-Error"] == "Unhandled", body
+        assert json.loads(body)["errorType"] == "Runtime.ExitError", body
+        await async_wait_until(lambda: h.funclet.destroyed == ["sb1"], "its sandbox to go")
+
+
 @run
 async def test_function_error_timeout_crash_and_oom_answer_200_unhandled() -> None:
     async with running_controller([record("f", timeout=0.3)]) as h:

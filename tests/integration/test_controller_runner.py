@@ -45,6 +45,7 @@ class ProcessFunclet(fakes.FakeFunclet):
     def __init__(self, root: Path):
         super().__init__(root)
         self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.spawned = 0
         # Awaited before a sandbox is killed: what its runner does meanwhile.
         self.before_destroy: Callable[[], Awaitable[None]] | None = None
 
@@ -64,7 +65,9 @@ class ProcessFunclet(fakes.FakeFunclet):
         return await super().handle(header, payload, writer)
 
     async def _spawn(self, header: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-        sb_id = f"sb{len(self.procs) + 1}"
+        # Numbered before the first await: two cold starts at once must not share a socket.
+        self.spawned += 1
+        sb_id = f"sb{self.spawned}"
         sock = str(self.root / f"{sb_id}.sock")
         read_fd, write_fd = os.pipe()
         proc = await asyncio.create_subprocess_exec(
@@ -317,51 +320,3 @@ def test_a_call_whose_caller_leaves_is_held_to_its_timeout(position: str,
 
 
 
-# The controller's own CPU policy (controller/cpupolicy.py). The controller runs in this test's
-# event loop, so its policy is this thread's.
-@fakes.run
-async def test_the_controller_runs_sched_batch_while_busy_with_short_calls() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        done = Path(tmp) / "done"
-        held = json.dumps({"until": str(done)}).encode()
-        async with real_runners("q", QUEUED, 5.0, scheduler={"max_instances": 1}) as h:
-            # The runner reports the run time of its first call: the function's calls are short.
-            assert (await h.request("POST", QUEUED_URL, b"{}"))[0] == 200
-            one = asyncio.ensure_future(h.request("POST", QUEUED_URL, held))
-            await async_wait_until(lambda: _inflight(h, 1), "one call in flight")
-            assert os.sched_getscheduler(0) == os.SCHED_OTHER  # a lone call preempts as before
-            two = asyncio.ensure_future(h.request("POST", QUEUED_URL, held))
-            await async_wait_until(lambda: os.sched_getscheduler(0) == os.SCHED_BATCH,
-                                   "the controller to run SCHED_BATCH")
-            done.touch()
-            assert [status for status, _, _ in [await one, await two]] == [200, 200]
-            assert os.sched_getscheduler(0) == os.SCHED_OTHER
-
-
-@fakes.run
-async def test_the_controller_stays_sched_other_while_calls_not_known_to_be_short_run() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        done = Path(tmp) / "done"
-        held = json.dumps({"until": str(done)}).encode()
-        async with real_runners("q", QUEUED, 5.0, scheduler={"max_instances": 2}) as h:
-            # The first calls of a function: nothing is known of how long they run.
-            calls = [asyncio.ensure_future(h.request("POST", QUEUED_URL, held))
-                     for _ in range(2)]
-            await async_wait_until(lambda: _inflight_all(h, [1, 1]), "two calls in flight")
-            assert os.sched_getscheduler(0) == os.SCHED_OTHER
-            done.touch()
-            assert [status for status, _, _ in [await c for c in calls]] == [200, 200]
-            # Both reported a run time of 10 ms or more (the file is polled every 10 ms).
-            done.unlink()
-            calls = [asyncio.ensure_future(h.request("POST", QUEUED_URL, held))
-                     for _ in range(2)]
-            await async_wait_until(lambda: _inflight_all(h, [1, 1]), "two long calls in flight")
-            assert os.sched_getscheduler(0) == os.SCHED_OTHER
-            done.touch()
-            assert [status for status, _, _ in [await c for c in calls]] == [200, 200]
-
-
-async def _inflight_all(h: Any, counts: list[int]) -> bool:
-    """Whether the sandboxes hold ``counts`` calls, in any order."""
-    _, _, body = await h.request("GET", "/v1/runtimes", headers=h.auth())
-    return sorted(sb["inflight"] for sb in json.loads(body)["sandboxes"]) == sorted(counts)

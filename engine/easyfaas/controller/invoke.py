@@ -20,7 +20,6 @@ import orjson
 from .. import funclog
 from ..errors import InvalidRequestContent
 from ..requestid import RequestIds
-from .cpupolicy import BusyBatching
 from .metrics import Metrics
 from .registry import Registry, Target
 from .sandboxes import CallNotStarted, FunctionFailed, Sandbox
@@ -74,9 +73,6 @@ class Invoker:
         self.metrics = metrics
         self.logs = logs
         self.ids = RequestIds()  # made here, in the controller process, after the fork
-        below_ms = scheduler.cfg.scheduler.batch_below_ms
-        self.policy = BusyBatching(below_ms > 0,
-                                   lambda name: scheduler.is_short(name, below_ms))
 
     async def call(self, name: str, qualifier: str | None, payload: bytes,
                    request_id: str | None = None) -> CallResult:
@@ -85,23 +81,19 @@ class Invoker:
         target = self.registry.resolve(name, qualifier)
         started = time.monotonic()
         behind = True
-        long = self.policy.begin(name)
-        try:
-            while True:
-                try:
-                    sb = await self.scheduler.acquire(target, behind=behind)
-                except FunctionFailed as e:
-                    result = _failed(request_id, target, e.error, e.log, started)
-                    break
-                try:
-                    result = await self._run(sb, target, request_id, payload, started)
-                    break
-                except CallNotStarted:
-                    # It waited behind a call that failed and took the sandbox with it; it
-                    # never ran, so it goes again, this time without waiting behind another.
-                    behind = False
-        finally:
-            self.policy.end(long)
+        while True:
+            try:
+                sb = await self.scheduler.acquire(target, behind=behind)
+            except FunctionFailed as e:
+                result = _failed(request_id, target, e.error, e.log, started)
+                break
+            try:
+                result = await self._run(sb, target, request_id, payload, started)
+                break
+            except CallNotStarted:
+                # It waited behind a call that failed and took the sandbox with it; it never
+                # ran, so it goes again, this time without waiting behind another call.
+                behind = False
         self.metrics.count(name, result.outcome)
         self.logs.record(target, result)
         return result

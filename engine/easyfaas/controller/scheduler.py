@@ -201,8 +201,9 @@ class Scheduler:
         average (``scheduler.queue_in_sandbox_below_ms``): a call waits for the ones ahead of it
         in its sandbox even if another sandbox frees up first.
         """
-        if target.concurrency != 1 or not self.is_short(
-                target.name, self.cfg.scheduler.queue_in_sandbox_below_ms):
+        limit_s = self.cfg.scheduler.queue_in_sandbox_below_ms / 1000
+        run_s = self._run_s.get(target.name)
+        if target.concurrency != 1 or run_s is None or run_s >= limit_s:
             return None
         most = self.cfg.scheduler.queue_in_sandbox_depth + 1  # with the running call
         best: Sandbox | None = None
@@ -222,12 +223,6 @@ class Scheduler:
         share = min(max(demand / run, 0.0), 1.0)  # the runner is the function's: trust nothing
         self._cpu_share[name] = _moving(self._cpu_share.get(name), share)
         self._run_s[name] = _moving(self._run_s.get(name), run)
-
-    def is_short(self, name: str, below_ms: float) -> bool:
-        """Whether the calls of ``name`` have run shorter than ``below_ms`` on average (False
-        until one has reported its run time)."""
-        run_s = self._run_s.get(name)
-        return run_s is not None and run_s * 1000 < below_ms
 
     def _instance_limit(self, target: Target) -> int:
         """``max_instances``, and for a function whose calls compute no more sandboxes than
@@ -355,7 +350,7 @@ class Scheduler:
             if isinstance(e, TimeoutError):
                 raise FunctionFailed({"errorType": "Runtime.InitTimeout",
                                       "errorMessage": "the handler did not load in time"}) from e
-            if isinstance(e, ConnectionError):
+            if isinstance(e, OSError):  # refused, reset, or its socket gone with it
                 raise FunctionFailed({"errorType": "Runtime.ExitError",
                                       "errorMessage": "the runtime exited while loading"}) from e
             raise
