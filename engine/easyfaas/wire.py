@@ -143,6 +143,7 @@ class _ClientProtocol(FlowControlled):
         self.on_answer = on_answer
         self.frames = FrameBuffer()
         self.transport: asyncio.Transport | None = None
+        self.lost: asyncio.Future[None] = self.loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -162,6 +163,8 @@ class _ClientProtocol(FlowControlled):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(ConnectionError(f"{self.path}: {exc or 'connection closed'}"))
+        if not self.lost.done():
+            self.lost.set_result(None)
 
     def _fail(self, error: BaseException) -> None:
         if self.transport is not None:
@@ -283,6 +286,12 @@ class Client:
         if not header.get("ok"):
             raise RemoteError(header.get("error") or {"message": "unknown error"})
         return header, body
+
+    async def wait_lost(self) -> None:
+        """Return once the current connection is gone (at once if there is none)."""
+        protocol = self._protocol
+        if protocol is not None and self.connected:
+            await asyncio.shield(protocol.lost)
 
     async def close(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:

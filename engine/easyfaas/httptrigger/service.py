@@ -69,16 +69,21 @@ async def watch_stubs(path: str, table: RouteTable, loaded: asyncio.Event) -> No
 
 async def keep_registered(controller: wire.Client) -> None:
     """Say ``register`` on the controller connection, and again after every reconnect: the
-    controller's healthz counts the trigger only while that connection lives."""
-    registered_on = 0
+    controller's healthz counts the trigger only while that connection lives. Registered, it
+    sleeps until that connection is gone rather than looking every so often: an idle trigger
+    does not wake up."""
     while True:
-        if not controller.connected or controller.connects != registered_on:
-            try:
-                await controller.call("register", component="httptrigger")
-                registered_on = controller.connects
-                log.info("registered with the controller")
-            except (OSError, wire.RemoteError) as e:
-                log.debug("cannot register with the controller yet: %s", e)
+        try:
+            await controller.call("register", component="httptrigger")
+            log.info("registered with the controller")
+        except (OSError, wire.RemoteError) as e:
+            log.debug("cannot register with the controller yet: %s", e)
+        else:
+            # A call in flight may have reconnected already: register on that connection too.
+            registered_on = controller.connects
+            await controller.wait_lost()
+            if controller.connects != registered_on:
+                continue
         await asyncio.sleep(RETRY_S)
 
 
