@@ -140,3 +140,24 @@ async def test_every_answer_is_told_also_one_whose_caller_left() -> None:
         # Answered after the late one on the same stream: that one came, was dropped, was told.
         await client.call_raw({"op": "slow", "delay": 0.5}, timeout=20)
         assert len(told) == 2
+
+
+@run
+async def test_wait_lost_returns_once_the_connection_is_gone() -> None:
+    async with _client() as client:
+        await client.wait_lost()  # no connection yet: at once
+        await client.call("echo")
+        waiting = asyncio.ensure_future(client.wait_lost())
+        await asyncio.sleep(0)  # let it start waiting
+        assert not waiting.done()
+        assert client._protocol is not None and client._protocol.transport is not None
+        client._protocol.transport.close()  # the connection drops (here from this side)
+        await asyncio.wait_for(waiting, 10)
+        assert not client.connected
+        # The next call connects again, and waiting follows the new connection.
+        await client.call("echo")
+        assert client.connects == 2
+        again = asyncio.ensure_future(client.wait_lost())
+        await asyncio.sleep(0)
+        assert not again.done()
+        again.cancel()
