@@ -45,7 +45,6 @@ class ProcessFunclet(fakes.FakeFunclet):
     def __init__(self, root: Path):
         super().__init__(root)
         self.procs: dict[str, asyncio.subprocess.Process] = {}
-        self.spawned = 0
         # Awaited before a sandbox is killed: what its runner does meanwhile.
         self.before_destroy: Callable[[], Awaitable[None]] | None = None
 
@@ -66,8 +65,7 @@ class ProcessFunclet(fakes.FakeFunclet):
 
     async def _spawn(self, header: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         # Numbered before the first await: two cold starts at once must not share a socket.
-        self.spawned += 1
-        sb_id = f"sb{self.spawned}"
+        sb_id = f"sb{next(self._ids)}"
         sock = str(self.root / f"{sb_id}.sock")
         read_fd, write_fd = os.pipe()
         proc = await asyncio.create_subprocess_exec(

@@ -79,11 +79,10 @@ async def keep_registered(controller: wire.Client) -> None:
         except (OSError, wire.RemoteError) as e:
             log.debug("cannot register with the controller yet: %s", e)
         else:
-            # A call in flight may have reconnected already: register on that connection too.
             registered_on = controller.connects
             await controller.wait_lost()
             if controller.connects != registered_on:
-                continue
+                continue  # a call has connected again meanwhile: register on it at once
         await asyncio.sleep(RETRY_S)
 
 
