@@ -71,8 +71,10 @@ class Engine:
 
 
 @contextmanager
-def running(config_toml: str, cpus: str | None, log: str) -> Iterator[Engine]:
-    """An engine with its own ``engine.toml`` on a fresh short tmp dir; stopped, then removed."""
+def running(config_toml: str, cpus: str | None, log: str,
+            env: dict[str, str] | None = None) -> Iterator[Engine]:
+    """An engine with its own ``engine.toml`` on a fresh short tmp dir; stopped, then removed.
+    ``env`` adds to the environment (``PYTHONPATH``: another tree's engine, bench/ab.py)."""
     state = Path(tempfile.mkdtemp(prefix="efbench", dir="/tmp"))
     try:
         (state / "code").mkdir()
@@ -83,7 +85,7 @@ def running(config_toml: str, cpus: str | None, log: str) -> Iterator[Engine]:
                              "--code-dir", str(state / "code"), "--state-dir", str(state),
                              "--http-listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"],
                             cpus)
-        with procs.started(argv, log=log) as proc:
+        with procs.started(argv, env, log) as proc:
             procs.wait_until(lambda: _healthy(state, proc.poll()), "the engine to be healthy",
                              START_TIMEOUT, interval=0.05)
             yield Engine(state, proc.pid)
