@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import sys
 from dataclasses import asdict, dataclass
@@ -51,10 +50,9 @@ Usage = dict[str, tuple[float, int, int]]  # component -> (CPU seconds, voluntar
 
 def usage(eng: engine.Engine) -> Usage:
     """CPU time and context switches so far of the engine's processes, by component."""
-    sandboxes = eng.runtimes()["funclet"]["sandboxes"]
-    in_sandboxes = {p.pid for sb in sandboxes for p in _tree(int(sb["pid"]))}
+    in_sandboxes = engine.sandbox_pids(eng.runtimes()["funclet"])
     totals: dict[str, list[float]] = {c: [0.0, 0, 0] for c in COMPONENTS}
-    for proc in _tree(eng.pid):
+    for proc in procs.tree(eng.pid):
         # ``easyfaas up`` names each component's process ef-<component> (supervisor.py).
         name = "runners" if proc.pid in in_sandboxes else proc.name().removeprefix("ef-")
         if name not in totals:
@@ -68,11 +66,6 @@ def usage(eng: engine.Engine) -> Usage:
         t[1] += switches.voluntary
         t[2] += switches.involuntary
     return {c: (t[0], int(t[1]), int(t[2])) for c, t in totals.items()}
-
-
-def _tree(pid: int) -> list[psutil.Process]:
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
 
 
 def measure_tree(name: str, tree: Path, round_: int, seconds: int, plan: measure.Plan,
@@ -144,10 +137,6 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.ab", description=__doc__.split("\n")[0])
     parser.add_argument("trees", nargs="+", type=_tree_arg, metavar="NAME=TREE")
@@ -161,8 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench.ab: the engine needs root (namespaces, cgroups)", file=sys.stderr)
         return 2
-    # Also when stopped with SIGTERM: every engine started here is stopped on the way out.
-    signal.signal(signal.SIGTERM, _interrupt)
+    procs.stop_cleanly_on_signals()
     plan = measure.Plan.make(quick=False, cores=os.cpu_count() or 1)
     (args.out / "logs").mkdir(parents=True, exist_ok=True)
     runs: list[Run] = []

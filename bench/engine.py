@@ -70,6 +70,11 @@ class Engine:
                          interval=0.05)
 
 
+def sandbox_pids(funclet_status: dict[str, Any]) -> set[int]:
+    """Every process inside the sandboxes of the funclet's ``status`` (``Engine.runtimes()``)."""
+    return {p.pid for sb in funclet_status["sandboxes"] for p in procs.tree(int(sb["pid"]))}
+
+
 @contextmanager
 def running(config_toml: str, cpus: str | None, log: str,
             env: dict[str, str] | None = None) -> Iterator[Engine]:

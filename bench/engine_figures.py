@@ -6,10 +6,8 @@ import functools
 import time
 from typing import Any
 
-import psutil
-
 from bench import isolation, measure, procs, wrk
-from bench.engine import MEMORY_MB, Engine
+from bench.engine import MEMORY_MB, Engine, sandbox_pids
 from bench.measure import Plan
 from bench.stats import Figures
 
@@ -123,24 +121,15 @@ def memory(figs: Figures, eng: Engine, plan: Plan) -> list[dict[str, Any]]:
 def _engine_and_idle_sandboxes(eng: Engine) -> tuple[list[dict[str, Any]], list[int]]:
     """The engine's own processes (sandboxes excluded) and the pids of the idle sandboxes."""
     status = eng.runtimes()["funclet"]
-    in_sandboxes = {p.pid for sb in status["sandboxes"] for p in _tree(int(sb["pid"]))}
+    in_sandboxes = sandbox_pids(status)
     # Components forked by ``easyfaas up`` share its command line; their name says which is which.
     listing = [{"pid": p.pid, "name": f"{p.name()}: {' '.join(p.cmdline()[1:5])}",
                 "pss_mib": round(p.memory_full_info().pss / MIB, 2)}
-               for p in _tree(eng.pid) if p.pid not in in_sandboxes]
+               for p in procs.tree(eng.pid) if p.pid not in in_sandboxes]
     idle = [int(sb["pid"]) for sb in status["sandboxes"]
             if sb["state"] == "bound" and str(sb["label"]).startswith("idle")]
     return listing, idle
 
 
-def _tree(pid: int) -> list[psutil.Process]:
-    root = psutil.Process(pid)
-    return [root, *root.children(recursive=True)]
-
-
-def _with_children(pids: set[int]) -> set[int]:
-    return {p.pid for pid in pids for p in _tree(pid)}
-
-
 def _sum(pid: int, field: str) -> float:
-    return sum(getattr(p.memory_full_info(), field) for p in _tree(pid)) / MIB
+    return sum(getattr(p.memory_full_info(), field) for p in procs.tree(pid)) / MIB

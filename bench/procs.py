@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import psutil
+
 STOP_TIMEOUT = 30.0
 
 
@@ -53,6 +55,23 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and all its descendants."""
+    root = psutil.Process(pid)
+    return [root, *root.children(recursive=True)]
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_cleanly_on_signals() -> None:
+    """SIGINT and SIGTERM raise ``KeyboardInterrupt``, so the context managers above stop what
+    was started; also when running in the background, where SIGINT is ignored."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def wait_until(cond: Callable[[], Any], what: str, timeout: float = 30.0,

@@ -14,14 +14,13 @@ import contextlib
 import dataclasses
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import baselines, chart, engine, engine_figures, measure, report, stats
+from bench import baselines, chart, engine, engine_figures, measure, procs, report, stats
 from bench.measure import Plan
 from bench.stats import Figures
 
@@ -127,10 +126,6 @@ def measure_all(plan: Plan, mode: str, logs: Path) -> dict[str, Any]:
                                                   "commit (WAL, synchronous=FULL)"}}
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="short runs (under a minute)")
@@ -147,9 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench: the engine needs root (namespaces, cgroups)", file=sys.stderr)
         return 2
-    # Also when started in the background (where SIGINT is ignored): always stop cleanly.
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    procs.stop_cleanly_on_signals()
     logs = args.out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     try:

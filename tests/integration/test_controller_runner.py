@@ -315,6 +315,3 @@ def test_a_call_whose_caller_leaves_is_held_to_its_timeout(position: str,
                 await async_wait_until(lambda: "sb1" in h.funclet.destroyed, "it to go")
 
     asyncio.run(scenario())
-
-
-
