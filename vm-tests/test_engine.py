@@ -126,6 +126,10 @@ def test_users_permissions_and_hardening_as_documented(app: Appliance) -> None:
     for sock in ("funclet", "stubs", "controller"):
         assert m.succeed(f"stat -c '%a %G' /run/easyfaas/{sock}.sock").strip() == "660 easyfaas"
     assert m.succeed("stat -c '%a %U' /var/lib/easyfaas/token").strip() == "600 easyfaas"
+    # A python3 runner's record of the answers it kept back: the controller's user reads it.
+    kept = m.succeed("stat -c '%a %U %G' /run/easyfaas/sb/*/sock/runner.sock.kept").splitlines()
+    assert kept and set(kept) == {"640 easyfaas-sandbox easyfaas"}, kept
+    m.succeed("runuser -u easyfaas -- cat /run/easyfaas/sb/*/sock/runner.sock.kept")
     assert m.succeed("stat -c '%a %U %G' /var/lib/easyfaas/code").strip() == \
         "2775 easyfaas easyfaas"
     # The watchdog is armed and journald gets the components' structured fields.

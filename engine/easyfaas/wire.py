@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
 import struct
 from collections.abc import Callable
 from typing import Any, cast
@@ -135,15 +134,19 @@ class _ClientProtocol(FlowControlled):
     A protocol rather than streams: on the request path every await and task counts.
     """
 
-    def __init__(self, path: str, pending: dict[int, asyncio.Future[tuple[Header, bytes]]],
-                 on_answer: Callable[[], None] | None):
+    def __init__(self, client: Client, pending: dict[int, asyncio.Future[tuple[Header, bytes]]]):
         super().__init__()
-        self.path = path
+        self.client = client
+        self.path = client.path
         self.pending = pending
-        self.on_answer = on_answer
+        self.on_answer = client.on_answer
         self.frames = FrameBuffer()
         self.transport: asyncio.Transport | None = None
         self.lost: asyncio.Future[None] = self.loop.create_future()
+        # The highest id answered here; the ids up to it at first were sent on other connections.
+        self.last_id = client.issued
+        # Ids whose answers were taken from the peer's record (``recover``) before they came.
+        self.recovered: set[int] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -154,12 +157,36 @@ class _ClientProtocol(FlowControlled):
         except WireError as e:
             self._fail(ConnectionError(f"{self.path}: {e}"))
             return
+        recovered = self.recovered
         for header, payload in frames:
-            if self.on_answer is not None:
-                self.on_answer()
-            fut = self.pending.pop(header.get("id", -1), None)
-            if fut is not None and not fut.done():
-                fut.set_result((header, payload))
+            rid = header.get("id")
+            if type(rid) is not int:
+                continue  # an answer to nothing sent here
+            if recovered and rid in recovered:
+                recovered.discard(rid)
+                continue
+            if rid > self.last_id:
+                self.last_id = rid
+            self._answer(rid, header, payload)
+
+    def _answer(self, rid: int, header: Header, payload: bytes) -> None:
+        if self.on_answer is not None:
+            self.on_answer()
+        fut = self.pending.pop(rid, None)
+        if fut is not None and not fut.done():
+            fut.set_result((header, payload))
+
+    def recover(self) -> None:
+        """Take the answers the peer recorded but has not sent (``Client.recover``): those of
+        calls sent here after the last one answered, in the order they were answered."""
+        if self.client.recover is None:
+            return
+        for header, payload in self.client.recover():
+            rid = header.get("id")
+            if type(rid) is int and self.last_id < rid <= self.client.issued:
+                self.last_id = rid
+                self.recovered.add(rid)
+                self._answer(rid, header, payload)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(ConnectionError(f"{self.path}: {exc or 'connection closed'}"))
@@ -167,6 +194,7 @@ class _ClientProtocol(FlowControlled):
             self.lost.set_result(None)
 
     def _fail(self, error: BaseException) -> None:
+        self.recover()
         if self.transport is not None:
             self.transport.close()
         for fut in self.pending.values():
@@ -188,7 +216,7 @@ class Client:
         self.path = path
         self._protocol: _ClientProtocol | None = None
         self._pending: dict[int, asyncio.Future[tuple[Header, bytes]]] = {}
-        self._ids = itertools.count(1)
+        self.issued = 0  # the id of the latest call; ids count up from 1
         self._lock = asyncio.Lock()
         # Calls with a timeout, earliest first: (loop-time deadline, id, future). One timer
         # serves them all, set for the earliest and set again when it fires; a timer made and
@@ -202,6 +230,10 @@ class Client:
         # Told of every answer that arrives, also one whose caller has left (set before the
         # first call): a peer that answers in order has then started the next request.
         self.on_answer: Callable[[], None] | None = None
+        # The answers a peer that answers in order kept back rather than sent (a runner:
+        # docs/internals.md), should it die first or a call seem late: read when the connection
+        # is lost or closed, and before a call times out (set before the first call).
+        self.recover: Callable[[], list[tuple[Header, bytes]]] | None = None
 
     @property
     def connected(self) -> bool:
@@ -214,7 +246,7 @@ class Client:
                 # A fresh pending map per connection: a late answer on a dead one is dropped.
                 self._pending = {}
                 _, protocol = await asyncio.get_running_loop().create_unix_connection(
-                    lambda: _ClientProtocol(self.path, self._pending, self.on_answer), self.path)
+                    lambda: _ClientProtocol(self, self._pending), self.path)
                 self._protocol = protocol
                 self.connects += 1
             assert self._protocol is not None
@@ -230,7 +262,7 @@ class Client:
         protocol = self._protocol if self.connected else await self._connect()
         assert protocol is not None and protocol.transport is not None
         loop = protocol.loop
-        rid = next(self._ids)
+        rid = self.issued = self.issued + 1
         fut: asyncio.Future[tuple[Header, bytes]] = loop.create_future()
         pending = protocol.pending
         pending[rid] = fut
@@ -273,6 +305,8 @@ class Client:
         self._timer = None
         deadlines = self._deadlines
         now = loop.time()
+        if self.recover is not None and self._protocol is not None and self.connected:
+            self._protocol.recover()  # an answer kept back is not late
         while deadlines and (deadlines[0][0] <= now or deadlines[0][2].done()):
             fut = heapq.heappop(deadlines)[2]
             if not fut.done():
@@ -294,8 +328,12 @@ class Client:
             await asyncio.shield(protocol.lost)
 
     async def close(self) -> None:
+        """Close the connection; the calls in flight fail with ``ConnectionError``, once the
+        answers the peer recorded are taken (``recover``): the owner of the record may close
+        it after this."""
         if self._protocol is not None and self._protocol.transport is not None:
-            self._protocol.transport.close()  # the calls in flight fail with ConnectionError
+            self._protocol.recover()
+            self._protocol.transport.close()
         if self._timer is not None:  # a dropped sandbox's client is not kept alive by it
             self._timer.cancel()
             self._timer = None

@@ -2,9 +2,10 @@
 
 It serves ``runner.sock`` (see docs/internals.md): frames ``u32 total | u32 header | JSON header |
 payload`` carrying ops ``ping``, ``load`` and ``invoke``. A function with ``concurrency`` 1 (the
-default) gets one request at a time, answered on the connection's own thread; with more, requests
-run on a set of reused worker threads, several in flight at once. Everything an invocation writes
-is captured into that invocation's ``log``.
+default) gets one request at a time, answered on the connection's own thread (an answer may be
+kept back while the next request waits: ``KeptRecord``); with more, requests run on a set of
+reused worker threads, several in flight at once. Everything an invocation writes is captured
+into that invocation's ``log``.
 
 The funclet's zygote imports this module once and forks it per sandbox, then calls ``serve``.
 Importing it loads its two parts beside it (``_easyfaas_logs``: log capture,
@@ -23,6 +24,7 @@ import sys
 import threading
 import time
 import types
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -63,9 +65,11 @@ _HEADER_JSON = _runtimes.JsonWriter(allow_nan=True)
 class Runner:
     """Answers ``ping``, ``load`` and ``invoke``; one per sandbox, which loads one function."""
 
-    def __init__(self, runtime: Runtime, capture: FdCapture | None):
+    def __init__(self, runtime: Runtime, capture: FdCapture | None,
+                 record: KeptRecord | None = None):
         self.runtime = runtime
         self.capture = capture
+        self._record = record
         self.function: Function | None = None
         self._load_lock = threading.Lock()
         self._load_tried = False
@@ -98,6 +102,13 @@ class Runner:
         except RunnerError as e:
             return {"ok": False, "error": e.to_wire(), "log": log.text()}, b""
         return {"ok": True, "log": log.text(), **extra}, body
+
+    def claim_record(self) -> KeptRecord | None:
+        """The record of kept answers, to the first connection that asks (the controller's,
+        with its ``load``); None to any later one."""
+        with self._load_lock:
+            record, self._record = self._record, None
+        return record
 
     def rehearse(self) -> None:
         """Walk the path of a call once before the first one comes: this process shares its
@@ -206,6 +217,19 @@ class FrameReader:
             buf += self._chunk[:n]
         return True
 
+    def ready(self) -> bool:
+        """Whether a whole frame is here already: reads what the socket has, without waiting."""
+        buf = self._buf
+        if len(buf) < 8 or len(buf) < _HEAD.unpack_from(buf)[0] + 4:
+            try:
+                n = self._sock.recv_into(self._chunk, 0, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return False
+            buf += self._chunk[:n]
+            if len(buf) < 8:
+                return False
+        return len(buf) >= _HEAD.unpack_from(buf)[0] + 4
+
     def read(self) -> tuple[Header, bytes] | None:
         """The next frame, or None when the peer closed between frames."""
         if not self._fill(8):
@@ -224,16 +248,78 @@ class FrameReader:
         return header, payload
 
 
+# ---- answers kept back -------------------------------------------------------------------------
+
+# Only the answer of a call that ran at least this long is kept back. Shorter calls are answered
+# while the controller is still in its turn, and it reads their answers in batches anyway (with
+# `hello` at c=32 it sleeps 0.04 times per call); keeping theirs cost more than it saved.
+KEEP_AFTER_S = 50e-6
+# A kept answer is written at the latest this long after it was ready (or once the next call
+# lets the interpreter switch threads: ``sys.getswitchinterval()``), should the next call run
+# long. The thread that writes it wakes once per ``HOLD_S`` at most while answers are kept, so a
+# shorter bound costs every call more (5 ms measured: the gain was gone).
+HOLD_S = 0.05
+# What the record may hold: a bigger answer, or one more than this, is sent at once.
+RECORD_MAX = 1024 * 1024
+_ENTRY = struct.Struct(">II")  # an entry of the record: frame length, CRC-32 of the frame
+
+
+class KeptRecord:
+    """``<socket>.kept``: the answers kept back, appended as ``u32 length | u32 crc32 | frame``
+    before the runner goes on to its next call; the controller reads it should the runner die
+    (crash, OOM kill, a timeout kill while the next call holds the interpreter) before it sent
+    them, and before it times a call out. A call that ended then still answers, and the one
+    started after it counts as started, never to be sent elsewhere (docs/internals.md).
+
+    Rewound once the kept answers are sent: what lies past the newest entries is torn or was
+    sent already (the controller drops answers it has; the CRC ends the rest)."""
+
+    def __init__(self, path: str):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+        self._fd = os.open(path, flags, 0o640)
+        os.fchmod(self._fd, 0o640)  # whatever the umask: the engine's group reads it
+        self._end = 0
+
+    def add(self, frame: bytes) -> bool:
+        """Record ``frame``; False if it does not fit, or cannot be written (tmpfs full)."""
+        end = self._end + _ENTRY.size + len(frame)
+        if end > RECORD_MAX:
+            return False
+        try:
+            os.pwritev(self._fd, [_ENTRY.pack(len(frame), zlib.crc32(frame)), frame], self._end)
+        except OSError:
+            return False
+        self._end = end
+        return True
+
+    def rewind(self) -> None:
+        self._end = 0
+
+
 class Connection:
     """One client connection; closed once its reader and every pending answer are done.
 
     Closing while an answer is still being written could hand the fd number to a new connection.
+
+    On the connection whose ``load`` asked for it (``keep_answers``: the controller's), answers
+    of calls taken one at a time may be kept back while the next call is already waiting
+    (``keep``) and written together with a later one (``send``): under load, the controller then
+    reads several answers per wake-up instead of being woken by each, and does not preempt the
+    runner's next call to read one (docs/performance.md, twelfth round). A thread of the
+    connection writes what was kept once ``HOLD_S`` has passed, should the next call run long.
     """
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
+        self.record: KeptRecord | None = None  # set once its load asks to keep answers
         self._lock = threading.Lock()
         self._users = 1  # the reader
+        self._kept: list[bytes] = []
+        self._due = 0.0
+        self._closed = False
+        self._kept_changed = threading.Condition(self._lock)
+        self._writer: threading.Thread | None = None
+        self._writer_idle = False  # waiting for something to be kept, not for a due time
 
     def hold(self) -> None:
         with self._lock:
@@ -243,17 +329,63 @@ class Connection:
         with self._lock:
             self._users -= 1
             if self._users == 0:
+                self._closed = True
+                self._kept_changed.notify()
                 self.sock.close()
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes = b"") -> None:
+        """Write ``data``, after whatever answers were kept back."""
         with self._lock:
-            try:
-                self.sock.sendall(data)
-            except OSError:
-                pass  # the caller hung up: there is nobody left to answer
+            if self._kept:
+                data = b"".join([*self._kept, data])
+                self._kept.clear()
+            self._write(data)
+
+    def keep(self, data: bytes) -> bool:
+        """Keep an answer back until the next ``send``, or for ``HOLD_S`` at most; False if it
+        cannot be recorded (then send it)."""
+        assert self.record is not None
+        with self._lock:
+            if not self.record.add(data):
+                return False
+            self._kept.append(data)
+            if len(self._kept) > 1:
+                return True
+            self._due = time.monotonic() + HOLD_S
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_overdue, daemon=True)
+                self._writer.start()
+            elif self._writer_idle:  # else it looks at the new due time when it wakes
+                self._kept_changed.notify()
+            return True
+
+    def _write(self, data: bytes) -> None:  # with the lock held
+        if not data:
+            return
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            pass  # the caller hung up: there is nobody left to answer
+        if self.record is not None:  # what it holds has been sent
+            self.record.rewind()
+
+    def _write_overdue(self) -> None:
+        with self._lock:
+            while not self._closed:
+                if not self._kept:
+                    self._writer_idle = True
+                    self._kept_changed.wait()
+                    self._writer_idle = False
+                    continue
+                wait = self._due - time.monotonic()
+                if wait > 0:
+                    self._kept_changed.wait(wait)
+                    continue
+                self._write(b"".join(self._kept))
+                self._kept.clear()
 
 
-def _answer(conn: Connection, runner: Runner, header: Header, payload: bytes) -> None:
+def _reply(runner: Runner, header: Header, payload: bytes) -> bytes:
     try:
         resp, body = runner.handle(header, payload)
     except RunnerError as e:
@@ -262,8 +394,13 @@ def _answer(conn: Connection, runner: Runner, header: Header, payload: bytes) ->
         err = RunnerError("Runtime.InternalError", f"{type(e).__name__}: {e}")
         resp, body = {"ok": False, "error": err.to_wire()}, b""
     resp["id"] = header.get("id")
+    return _encode(resp, body)
+
+
+def _answer(conn: Connection, runner: Runner, header: Header, payload: bytes) -> None:
+    """Answer a call on a worker thread (a function whose calls run side by side)."""
     try:
-        conn.send(_encode(resp, body))
+        conn.send(_reply(runner, header, payload))
     finally:
         conn.release()
 
@@ -307,16 +444,26 @@ def _serve_connection(conn: Connection, runner: Runner, workers: Workers) -> Non
             frame = frames.read()
             if frame is None:
                 return
-            conn.hold()
             function = runner.function
             if function is not None and function.concurrency > 1:
+                conn.hold()
                 workers.submit(_answer, conn, runner, *frame)
-            else:
-                # One call at a time: the controller sends the next only after this answer.
-                _answer(conn, runner, *frame)
+                continue
+            # One call at a time, in the order sent; the controller may have sent the next ones
+            # already. If one is here, this answer may go out with a later one.
+            started = time.perf_counter()
+            answer = _reply(runner, *frame)
+            if (conn.record is not None and time.perf_counter() - started >= KEEP_AFTER_S
+                    and frames.ready() and conn.keep(answer)):
+                continue
+            conn.send(answer)
+            header = frame[0]
+            if header.get("op") == "load" and header.get("keep_answers") is True:
+                conn.record = runner.claim_record()
     except (OSError, ValueError):
         return  # not our protocol, or the peer vanished: drop this connection only
     finally:
+        conn.send()  # whatever was kept back, before the connection may close
         conn.release()
 
 
@@ -359,7 +506,11 @@ def serve(socket_path: str, ready_fd: int, task_dir: str, runtime: str) -> None:
         capture = FdCapture()
         sys.stdout = LogRouter(1, capture.fallback_fd)
         sys.stderr = LogRouter(2, capture.fallback_fd)
-    runner = Runner(rt, capture)
+    try:
+        record: KeptRecord | None = KeptRecord(socket_path + ".kept")
+    except OSError:
+        record = None  # answers are then never kept back
+    runner = Runner(rt, capture, record)
     runner.rehearse()
     if ready_fd >= 0:
         os.write(ready_fd, b"R")

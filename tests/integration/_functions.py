@@ -105,6 +105,28 @@ MEMORY_HOG = python_fn('''
     memory = 64
 ''')
 
+# Calls that wait in its one sandbox behind each other (with ``[scheduler]
+# queue_in_sandbox_below_ms`` high). ``hold`` makes a call wait for ``/tmp/release`` in the
+# sandbox, after making ``/tmp/<hold>`` there so that the test finds the sandbox.
+QUEUED = python_fn('''
+    import ctypes, os, time
+
+    def handler(event, context):
+        if event.get("hold"):
+            open("/tmp/" + event["hold"], "w").close()
+            while not os.path.exists("/tmp/release"):
+                time.sleep(0.01)
+        if event.get("mib"):
+            hog = [bytearray(1024 * 1024) for _ in range(event["mib"])]
+        if event.get("hold_interpreter_s"):  # C code that keeps every other thread waiting
+            ctypes.PyDLL(None).sleep(event["hold_interpreter_s"])
+        return {"n": event.get("n"), "pid": os.getpid()}
+''', manifest='''
+    memory = 64
+    timeout = 2
+    max_instances = 1
+''')
+
 FORK_BOMB = python_fn('''
     import os, time
 

@@ -21,6 +21,7 @@ from _controller_helpers import fakes
 from waiting import async_wait_until
 
 from easyfaas import wire
+from easyfaas.controller import kept
 
 pytestmark = pytest.mark.root
 
@@ -169,7 +170,7 @@ async def test_a_call_running_beside_one_that_kills_the_runner_fails_with_it() -
 # ``queue_in_sandbox_depth``, 4 by default): one sandbox at most, and a bound high enough that
 # these calls, which sleep, count as short.
 QUEUED = """
-import os, time
+import os, signal, time
 
 def handler(event, context):
     remaining = context.get_remaining_time_in_millis()
@@ -181,6 +182,8 @@ def handler(event, context):
         time.sleep(0.01)  # the function's own work: it runs until the test lets it finish
     if event.get("exit"):
         os._exit(3)
+    if event.get("stop"):
+        os.kill(os.getpid(), signal.SIGSTOP)  # every thread of the runner stops
     return {"n": event.get("n"), "remaining": remaining, "pid": os.getpid()}
 """
 QUEUED_URL = "/v1/functions/q/invocations"
@@ -271,6 +274,44 @@ async def test_a_call_behind_one_whose_sandbox_could_not_be_destroyed_is_not_sen
         assert json.loads(ahead[2])["errorType"] == "TimeoutError", ahead
         assert json.loads(behind[2])["errorType"] == "Runtime.ExitError", behind
         assert h.funclet.acquired == ["q@1"]
+
+
+@pytest.mark.parametrize("behind, error", [
+    ({"exit": True}, "Runtime.ExitError"),  # the runner dies at once
+    ({"stop": True}, "TimeoutError"),  # no thread of it writes anything until it is killed
+])
+def test_an_answer_the_runner_kept_back_is_not_lost_with_it(behind: dict[str, Any],
+                                                           error: str) -> None:
+    """The first call ends while two more wait in its runner's socket, so the runner keeps its
+    answer back, records it and starts the second call, which takes the runner down before the
+    answer is sent: it dies, or it stops and is killed at its timeout. The first call still
+    answers (from the record; when its time is up, a stopped runner's record says it ended), the
+    second ran once and fails, the third never started and runs in a new sandbox."""
+    async def scenario() -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            release, marks = Path(tmp) / "release", Path(tmp) / "marks"
+            async with one_sandbox(timeout=1.0) as h:
+                bodies = [{"n": 1, "until": str(release)}, {"n": 2, "mark": str(marks), **behind},
+                          {"n": 3}]
+                calls = []
+                for n, body in enumerate(bodies, 1):
+                    calls.append(asyncio.ensure_future(
+                        h.request("POST", QUEUED_URL, json.dumps(body).encode())))
+                    await async_wait_until(functools.partial(_inflight, h, n),
+                                           f"{n} calls in the sandbox")
+                release.touch()
+                (s1, _, b1), (_, h2, b2), (s3, _, b3) = [await call for call in calls]
+                assert (s1, json.loads(b1)["n"]) == (200, 1), b1
+                assert h2["X-easyfaas-Function-Error"] == "Unhandled", b2
+                assert json.loads(b2)["errorType"] == error, b2
+                assert (s3, json.loads(b3)["n"]) == (200, 3), b3
+                assert len(marks.read_text().splitlines()) == 1  # the second call ran once
+                assert h.funclet.acquired == ["q@1", "q@1"]
+                # The first answer went through the record, not around it.
+                record = (h.funclet.root / "sb1.sock.kept").read_bytes()
+                assert [json.loads(p)["n"] for _, p in kept.parse(record)] == [1], record
+
+    asyncio.run(scenario())
 
 
 @pytest.mark.parametrize("abandoned_runs_s", [0.5, 60])

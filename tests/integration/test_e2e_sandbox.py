@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import threading
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
-from _functions import FORK_BOMB, HELLO, MEMORY_HOG, PROBE, SLEEPY, deploy
+from _functions import FORK_BOMB, HELLO, MEMORY_HOG, PROBE, QUEUED, SLEEPY, deploy
 from waiting import wait_until
 
 from engine import Engine
@@ -98,3 +101,49 @@ def test_fork_bomb_stops_at_the_pids_limit(engine: Engine) -> None:
     assert isinstance(out, dict) and out["error"] == "BlockingIOError", out
     assert out["forked"] < 32
     assert call(engine, "hello")[0] == 200
+
+
+@pytest.mark.parametrize("behind, error", [
+    ({"mib": 512}, "Runtime.OutOfMemory"),
+    ({"hold_interpreter_s": 60}, "TimeoutError"),
+])
+def test_an_answer_the_runner_kept_back_is_not_lost_with_its_sandbox(
+        behind: dict[str, int], error: str) -> None:
+    """In real sandboxes (docs/internals.md, runner.sock): the first call ends while two more
+    wait in its runner's socket, so the runner keeps its answer back and starts the second,
+    which is OOM-killed, or holds the interpreter (so nothing is sent) until it is killed at its
+    timeout. The first call still answers, the second fails, the third runs in a new sandbox."""
+    token = f"held-{uuid.uuid4().hex}"
+    with Engine.started(config_toml="[scheduler]\nqueue_in_sandbox_below_ms = 60000\n") as e:
+        deploy(e.code_dir, "queued", QUEUED)
+        wait_until(lambda: e.invoke("queued")[0] == 200, "queued to serve")
+        events = [{"n": 1, "hold": token}, {"n": 2, **behind}, {"n": 3}]
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            calls = []
+            for n, event in enumerate(events, 1):
+                calls.append(pool.submit(call, e, "queued", event))
+                wait_until(lambda n=n: _inflight(e, "queued") == [n], f"{n} calls in its sandbox")
+            held = wait_until(lambda: _sandbox_with(token), "the first call to run")
+            (held / "release").touch()
+            (s1, _, o1), (s2, h2, o2), (s3, _, o3) = [c.result() for c in calls]
+    assert s1 == 200 and isinstance(o1, dict) and o1["n"] == 1, o1
+    assert s2 == 200 and h2.get("X-easyfaas-Function-Error") == "Unhandled", o2
+    assert isinstance(o2, dict) and o2["errorType"] == error, o2
+    assert s3 == 200 and isinstance(o3, dict) and o3["n"] == 3, o3
+
+
+def _inflight(engine: Engine, name: str) -> list[int]:
+    _, _, raw = engine.api("GET", "/v1/runtimes")
+    return [sb["inflight"] for sb in json.loads(raw)["sandboxes"] if sb["function"] == name]
+
+
+def _sandbox_with(name: str) -> Path | None:
+    """The /tmp, seen from the host, of the sandbox that has a file ``name`` there."""
+    for proc in Path("/proc").iterdir():
+        tmp = proc / "root" / "tmp"
+        try:
+            if proc.name.isdigit() and (tmp / name).exists():
+                return tmp
+        except OSError:  # gone, or not ours to look into
+            continue
+    return None

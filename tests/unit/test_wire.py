@@ -161,3 +161,73 @@ async def test_wait_lost_returns_once_the_connection_is_gone() -> None:
         await asyncio.sleep(0)
         assert not again.done()
         again.cancel()
+
+
+class _InOrderPeer:
+    """A peer that answers only when the test says so (``answer``), and keeps a record of
+    answers it has not sent (``record``) the way a runner does."""
+
+    def __init__(self) -> None:
+        self.requests: list[wire.Header] = []
+        self.record: list[tuple[wire.Header, bytes]] = []
+        self.writer: asyncio.StreamWriter | None = None
+        self.got = asyncio.Condition()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        while (frame := await wire.read_frame(reader)) is not None:
+            async with self.got:
+                self.requests.append(frame[0])
+                self.got.notify_all()
+
+    async def wait_requests(self, n: int) -> None:
+        async with self.got:
+            await self.got.wait_for(lambda: len(self.requests) >= n)
+
+    def answer(self, rid: int) -> tuple[wire.Header, bytes]:
+        return {"ok": True, "id": rid}, str(rid).encode()
+
+    def send(self, *rids: int) -> None:
+        assert self.writer is not None
+        self.writer.write(b"".join(wire.encode(*self.answer(rid)) for rid in rids))
+
+
+@run
+async def test_answers_from_the_peers_record_count_once_and_only_for_calls_sent() -> None:
+    """``recover``: a call about to time out takes its answer from the peer's record, and a
+    lost connection's calls too; the same answer arriving later is not told twice; records of
+    calls never sent here, or answered already, are passed over."""
+    root = short_dir()
+    path = str(root / "s.sock")
+    peer = _InOrderPeer()
+    server = await asyncio.start_unix_server(peer.serve, path)
+    client = wire.Client(path)
+    told: list[None] = []
+    client.on_answer = lambda: told.append(None)
+    client.recover = lambda: list(peer.record)
+    try:
+        first = asyncio.ensure_future(client.call_raw({"op": "a"}, timeout=0.2))
+        second = asyncio.ensure_future(client.call_raw({"op": "b"}))
+        await peer.wait_requests(2)
+        # Kept back and recorded, with one from before this client and one never sent.
+        peer.record = [peer.answer(0), peer.answer(1), peer.answer(99)]
+        assert await first == peer.answer(1)  # its deadline passed: the record had it
+        assert len(told) == 1
+        peer.send(1, 2)  # sent after all
+        assert await second == peer.answer(2)
+        assert len(told) == 2
+        # The connection is lost: the call the record answers answers, the other one fails.
+        third = asyncio.ensure_future(client.call_raw({"op": "c"}))
+        fourth = asyncio.ensure_future(client.call_raw({"op": "d"}))
+        await peer.wait_requests(4)
+        peer.record = [peer.answer(2), peer.answer(3)]
+        assert peer.writer is not None
+        peer.writer.close()
+        assert await third == peer.answer(3)
+        with pytest.raises(ConnectionError):
+            await fourth
+        assert len(told) == 3
+    finally:
+        await client.close()
+        server.close()
+        shutil.rmtree(root)

@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import wire
 from ..errors import EasyFaaSError
+from .kept import KeptAnswers
 from .registry import Target
 
 Answer = tuple[wire.Header, bytes]  # a runner's answer frame
@@ -61,12 +62,16 @@ class Sandbox:
     on_overrun: Callable[[Sandbox], None] | None = None
     # The funclet could not destroy it: its runner may still run the calls in its socket.
     fate_unknown: bool = False
+    # Its runner's record of the answers it kept back (python3), read when its connection ends.
+    kept: KeptAnswers | None = None
     _orphan_timer: asyncio.TimerHandle | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Every answer counts, also one whose caller has left: the runner has then started the
         # next call in its socket, whoever still waits for it.
         self.client.on_answer = self._answered
+        if self.kept is not None:
+            self.client.recover = self.kept.read
         # Kept, not looked up per call: get_running_loop() is a getpid() syscall each time.
         self._loop = asyncio.get_running_loop()
 
@@ -82,12 +87,20 @@ class Sandbox:
 
     async def load(self, timeout: float) -> str:
         """Import the handler in the runner; ``FunctionFailed`` if it does not load."""
-        header, _ = await self.client.call_raw(
-            {"op": "load", "function": self.target.load_spec()}, timeout=timeout)
+        request: wire.Header = {"op": "load", "function": self.target.load_spec()}
+        if self.kept is not None:
+            request["keep_answers"] = True
+        header, _ = await self.client.call_raw(request, timeout=timeout)
         if not header.get("ok"):
             raise FunctionFailed(header.get("error") or {}, str(header.get("log") or ""))
         self.in_order = header.get("in_order") is True
         return str(header.get("log") or "")
+
+    async def close(self) -> None:
+        """Close its runner connection (the calls in flight fail), then its record."""
+        await self.client.close()
+        if self.kept is not None:
+            self.kept.close()
 
     def invoke(self, request_id: str, payload: bytes,
                timeout: float) -> tuple[Coroutine[Any, Any, Answer], asyncio.Future[None] | None]:

@@ -20,6 +20,7 @@ from typing import Any, TypeGuard
 from .. import wire
 from ..config import Config
 from ..errors import EasyFaaSError, ServiceUnavailable, TooManyRequests, from_wire
+from .kept import KeptAnswers
 from .metrics import Metrics
 from .registry import Record, Target, make_target
 from .sandboxes import FunctionFailed, Sandbox
@@ -377,7 +378,8 @@ class Scheduler:
             raise ServiceUnavailable(f"funclet unavailable: {e}") from e
         info = header["sandbox"]
         sb = Sandbox(id=info["id"], target=target, memory=int(info.get("memory") or target.memory),
-                     client=wire.Client(info["socket"]), inflight=1, on_overrun=self._overran)
+                     client=wire.Client(info["socket"]), inflight=1, on_overrun=self._overran,
+                     kept=KeptAnswers.open(info["socket"]))
         # The reservation becomes a real sandbox in one step, so the budget never counts it twice.
         self._starting[target.name] -= 1
         self._starting_mb -= target.memory
@@ -399,7 +401,7 @@ class Scheduler:
         try:
             return await self._destroy(sb, reason)
         finally:
-            await sb.client.close()
+            await sb.close()
 
     def drop_later(self, sb: Sandbox, reason: str) -> None:
         """Stop handing ``sb`` out now; destroy it in the background."""
