@@ -4,6 +4,9 @@ metrics text."""
 from __future__ import annotations
 
 import base64
+import resource
+import subprocess
+import sys
 
 import orjson
 import pytest
@@ -132,3 +135,19 @@ def test_metrics_text() -> None:
     assert 'easyfaas_function_cpu_instance_cap{function="a"} 5' in text
     assert 'easyfaas_function_cpu_share{function="b"} 0.500' in text
     assert 'easyfaas_function_cpu_instance_cap{function="b"}' not in text
+
+
+def test_the_controller_raises_its_open_files_limit_to_the_hard_one() -> None:
+    """Two files per sandbox: the default soft limit (1024 under systemd) must not cap them."""
+    code = ("import resource; from easyfaas.controller.service import raise_open_files_limit;"
+            " print(raise_open_files_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[1])")
+
+    def low_soft_limit() -> None:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    out = subprocess.run([sys.executable, "-c", code], preexec_fn=low_soft_limit, check=True,
+                         capture_output=True, text=True).stdout.split()
+    soft, hard = int(out[0]), int(out[1])
+    assert soft > 256
+    assert soft == hard or hard == resource.RLIM_INFINITY

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 from typing import Any
 
 from .. import http1, notify, token, wire
@@ -67,8 +68,24 @@ async def _pings(client: wire.Client) -> bool:
     return True
 
 
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit, and return it.
+
+    The controller holds two files per sandbox (its runner connection and the runner's record
+    of kept answers, ``kept.py``) besides the function logs it keeps open; systemd's default
+    soft limit of 1024 would cap a device with a few GiB at a few hundred sandboxes, where
+    memory allows more. asyncio polls with epoll, so high fd numbers are no problem."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20  # the kernel's usual nr_open
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 async def run(cfg: Config, stop: asyncio.Event) -> None:
     """Serve the controller until ``stop`` is set (see docs/internals.md)."""
+    log.debug("open files limit: %d", raise_open_files_limit())
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     ctl = Controller(cfg)
