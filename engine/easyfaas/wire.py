@@ -134,11 +134,11 @@ class _ClientProtocol(FlowControlled):
     A protocol rather than streams: on the request path every await and task counts.
     """
 
-    def __init__(self, client: Client, pending: dict[int, asyncio.Future[tuple[Header, bytes]]]):
+    def __init__(self, client: Client):
         super().__init__()
         self.client = client
         self.path = client.path
-        self.pending = pending
+        self.pending = client._pending
         self.on_answer = client.on_answer
         self.frames = FrameBuffer()
         self.transport: asyncio.Transport | None = None
@@ -246,7 +246,7 @@ class Client:
                 # A fresh pending map per connection: a late answer on a dead one is dropped.
                 self._pending = {}
                 _, protocol = await asyncio.get_running_loop().create_unix_connection(
-                    lambda: _ClientProtocol(self, self._pending), self.path)
+                    lambda: _ClientProtocol(self), self.path)
                 self._protocol = protocol
                 self.connects += 1
             assert self._protocol is not None
@@ -305,7 +305,7 @@ class Client:
         self._timer = None
         deadlines = self._deadlines
         now = loop.time()
-        if self.recover is not None and self._protocol is not None and self.connected:
+        if self._protocol is not None and self.connected:
             self._protocol.recover()  # an answer kept back is not late
         while deadlines and (deadlines[0][0] <= now or deadlines[0][2].done()):
             fut = heapq.heappop(deadlines)[2]

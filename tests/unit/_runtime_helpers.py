@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import select
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +25,16 @@ ROOT = Path(__file__).resolve().parents[2]
 PYTHON_RUNNER = ROOT / "runtimes" / "python3" / "runner.py"
 NODE_RUNNER = ROOT / "runtimes" / "nodejs" / "runner.js"
 READY_TIMEOUT = 10.0
+
+
+def load_module(path: Path, name: str) -> types.ModuleType:
+    """A module of the runners' loaded by its path (they are not on ``sys.path``), as ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and typing look their module up here
+    spec.loader.exec_module(module)
+    return module
 
 
 def runner_command(runtime: str, sock: str, ready_fd: int, task_dir: Path) -> list[str]:

@@ -3,29 +3,16 @@ order, up to a torn or stale entry, and only from a plain file."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
-import sys
-import types
 from pathlib import Path
 
-from _runtime_helpers import PYTHON_RUNNER
+from _runtime_helpers import PYTHON_RUNNER, load_module
 
 from easyfaas import wire
 from easyfaas.controller.kept import KeptAnswers, parse
 
-
-def _runner() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("easyfaas_runner_under_test", PYTHON_RUNNER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-runner = _runner()
+runner = load_module(PYTHON_RUNNER, "easyfaas_runner_under_test")
 
 
 def _frame(rid: int, body: bytes = b"{}") -> bytes:

@@ -4,26 +4,15 @@ set-up)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import types
 from typing import Any
 
 import pytest
-from _runtime_helpers import PYTHON_RUNNER
+from _runtime_helpers import PYTHON_RUNNER, load_module
 
-
-def _module() -> types.ModuleType:
-    path = PYTHON_RUNNER.parent / "_easyfaas_runtimes.py"
-    spec = importlib.util.spec_from_file_location("_easyfaas_runtimes_under_test", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-runtimes = _module()
+runtimes = load_module(PYTHON_RUNNER.parent / "_easyfaas_runtimes.py",
+                       "_easyfaas_runtimes_under_test")
 
 
 def _outcome(fn: Any, *args: Any) -> tuple[str, Any]:

@@ -85,7 +85,8 @@ def raise_open_files_limit() -> int:
 
 async def run(cfg: Config, stop: asyncio.Event) -> None:
     """Serve the controller until ``stop`` is set (see docs/internals.md)."""
-    log.debug("open files limit: %d", raise_open_files_limit())
+    files = raise_open_files_limit()
+    log.debug("open files limit: %d", files)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     ctl = Controller(cfg)
