@@ -46,6 +46,15 @@ def sanic(figs: Figures, plan: Plan, log: str) -> Iterator[list[Target]]:
 
 
 @contextmanager
+def floor(figs: Figures, plan: Plan, log: str) -> Iterator[list[Target]]:
+    port = procs.free_port()
+    argv = procs.pinned([sys.executable, str(SERVERS / "floor_app.py"), str(port)],
+                        plan.server_cpus)
+    with procs.started(argv, ENV, log):
+        yield _targets("floor", port)
+
+
+@contextmanager
 def fork(figs: Figures, plan: Plan, log: str) -> Iterator[list[Target]]:
     port = procs.free_port()
     argv = procs.pinned([sys.executable, str(SERVERS / "fork_app.py"), str(port), PYTHON3],
@@ -73,7 +82,7 @@ def functions_framework(figs: Figures, plan: Plan, log: str) -> Iterator[list[Ta
 
 # Each serves both handlers until its block ends; bench/run.py measures them all interleaved.
 SYSTEMS: dict[str, Callable[[Figures, Plan, str], AbstractContextManager[list[Target]]]] = {
-    "sanic": sanic, "fork": fork, "functions_framework": functions_framework}
+    "floor": floor, "sanic": sanic, "fork": fork, "functions_framework": functions_framework}
 
 
 def interpreter(figs: Figures, plan: Plan) -> None:

@@ -37,7 +37,7 @@ class Plan:
 def http_keys(system: str, handler: str) -> list[str]:
     prefix = f"{system}.{handler}"
     return [f"{prefix}.c1.p50_ms", f"{prefix}.c1.p99_ms", f"{prefix}.c32.rps",
-            f"{prefix}.c32.p99_ms"]
+            f"{prefix}.c32.p99_ms", f"{prefix}.c1.steal_ms"]
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,16 @@ def http_targets(figs: Figures, targets: list[Target], plan: Plan) -> None:
     Each run starts once the server CPU is quiet: the previous run's leftovers (the fork
     baseline's processes) would otherwise land in its first, c=1 figures.
 
+    Each c=1 run also records how long the hypervisor kept the measured CPUs (the server's
+    and the load generator's) from running ("steal"): a host preemption of a millisecond or
+    more lands in that run's tail whatever the system, so a reader can tell a p99 that is the
+    system's from one that is the host's.
+
     A target that fails is recorded as failed and left out of the later rounds.
     """
+    measured = procs.cpu_set(plan.server_cpus)
+    if measured is not None:
+        measured |= procs.cpu_set(plan.load_cpus) or set()
     live: list[Target] = []
     for t in targets:
         try:
@@ -70,19 +78,23 @@ def http_targets(figs: Figures, targets: list[Target], plan: Plan) -> None:
             figs.fail(http_keys(t.system, t.handler), e)
     c1: dict[Target, list[wrk.Load]] = {t: [] for t in live}
     c32: dict[Target, list[wrk.Load]] = {t: [] for t in live}
+    stolen: dict[Target, list[float]] = {t: [] for t in live}
     for _ in range(plan.runs):
         for t in list(live):
             try:
                 procs.wait_quiet(plan.server_cpus)
+                before = procs.stolen_ms(measured)
                 c1[t].append(wrk.run(t.url, 1, plan.seconds, plan.load_cpus))
+                stolen[t].append(procs.stolen_ms(measured) - before)
                 procs.wait_quiet(plan.server_cpus)
                 c32[t].append(wrk.run(t.url, 32, plan.seconds, plan.load_cpus))
             except Exception as e:
                 figs.fail(http_keys(t.system, t.handler), e)
                 live.remove(t)
     for t in live:
-        p50, p99, rps, p99_32 = http_keys(t.system, t.handler)
+        p50, p99, rps, p99_32, steal = http_keys(t.system, t.handler)
         figs.add(p50, [r.p50_ms for r in c1[t]], "ms")
         figs.add(p99, [r.p99_ms for r in c1[t]], "ms")
         figs.add(rps, [r.rps for r in c32[t]], "req/s")
         figs.add(p99_32, [r.p99_ms for r in c32[t]], "ms")
+        figs.add(steal, stolen[t], "ms")

@@ -85,20 +85,29 @@ def wait_until(cond: Callable[[], Any], what: str, timeout: float = 30.0,
     return result
 
 
-def _cpu_times(cpus: set[int] | None) -> tuple[int, int]:
-    """(idle, total) jiffies of ``cpus`` (None: all) from /proc/stat."""
-    idle = total = 0
+def _cpu_ticks(cpus: set[int] | None) -> list[list[int]]:
+    """The user .. steal jiffies of each of ``cpus`` (None: all) from /proc/stat."""
+    out = []
     with open("/proc/stat") as f:
         for line in f:
             name, *fields = line.split()
             if not name.startswith("cpu") or name == "cpu":
                 continue
-            if cpus is not None and int(name[3:]) not in cpus:
-                continue
-            ticks = [int(x) for x in fields[:8]]  # user .. steal; guest time is in user
-            idle += ticks[3] + ticks[4]
-            total += sum(ticks)
-    return idle, total
+            if cpus is None or int(name[3:]) in cpus:
+                out.append([int(x) for x in fields[:8]])  # guest time is in user
+    return out
+
+
+def _cpu_times(cpus: set[int] | None) -> tuple[int, int]:
+    """(idle, total) jiffies of ``cpus`` (None: all)."""
+    ticks = _cpu_ticks(cpus)
+    return sum(t[3] + t[4] for t in ticks), sum(sum(t) for t in ticks)
+
+
+def stolen_ms(cpus: set[int] | None) -> float:
+    """Milliseconds the hypervisor has kept ``cpus`` (None: all) from running while they had
+    work ("steal" in /proc/stat, counted since boot in whole jiffies; 0 on bare metal)."""
+    return sum(t[7] for t in _cpu_ticks(cpus)) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_set(cpus: str | None) -> set[int] | None:
