@@ -23,6 +23,8 @@ def checks() -> list[Check]:
                      f"functions_framework.{h}.c1.p50_ms", "<=", 1.0),
                     (f"{e}.{h}.p50_vs_sanic", p50, f"sanic.{h}.c1.p50_ms", "<=", 3.0),
                     (f"{e}.{h}.p99_vs_p50", p99, p50, "<=", 3.0),
+                    # No target: how much of the tail is beyond the machine's own (the floor's).
+                    (f"{e}.{h}.p99_vs_floor_p99", p99, f"floor.{h}.c1.p99_ms", "", None),
                     (f"{e}.{h}.c32_rps_vs_sanic", rps, f"sanic.{h}.c32.rps", ">=", 0.4),
                     (f"{e}.{h}.c32_rps_vs_functions_framework", rps,
                      f"functions_framework.{h}.c32.rps", ">=", 2.0)]
