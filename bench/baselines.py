@@ -37,30 +37,19 @@ def _targets(system: str, port: int) -> list[Target]:
 
 
 @contextmanager
-def sanic(figs: Figures, plan: Plan, log: str) -> Iterator[list[Target]]:
+def _one_server(system: str, script: str, extra: tuple[str, ...], figs: Figures, plan: Plan,
+                log: str) -> Iterator[list[Target]]:
+    """A server of ``bench/servers`` serving every handler on one port."""
     port = procs.free_port()
-    argv = procs.pinned([sys.executable, str(SERVERS / "sanic_app.py"), str(port)],
+    argv = procs.pinned([sys.executable, str(SERVERS / script), str(port), *extra],
                         plan.server_cpus)
     with procs.started(argv, ENV, log):
-        yield _targets("sanic", port)
+        yield _targets(system, port)
 
 
-@contextmanager
-def floor(figs: Figures, plan: Plan, log: str) -> Iterator[list[Target]]:
-    port = procs.free_port()
-    argv = procs.pinned([sys.executable, str(SERVERS / "floor_app.py"), str(port)],
-                        plan.server_cpus)
-    with procs.started(argv, ENV, log):
-        yield _targets("floor", port)
-
-
-@contextmanager
-def fork(figs: Figures, plan: Plan, log: str) -> Iterator[list[Target]]:
-    port = procs.free_port()
-    argv = procs.pinned([sys.executable, str(SERVERS / "fork_app.py"), str(port), PYTHON3],
-                        plan.server_cpus)
-    with procs.started(argv, ENV, log):
-        yield _targets("fork", port)
+sanic = functools.partial(_one_server, "sanic", "sanic_app.py", ())
+floor = functools.partial(_one_server, "floor", "floor_app.py", ())
+fork = functools.partial(_one_server, "fork", "fork_app.py", (PYTHON3,))
 
 
 @contextmanager
